@@ -1,0 +1,2 @@
+//! The `exocom` binary: the router, certificate, policy and audit tools, send/listen.
+fn main(){}

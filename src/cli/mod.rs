@@ -1,0 +1,1 @@
+//! The `exocom` command line: one module per subcommand group. (Stub.)

@@ -1,0 +1,2 @@
+//! Durable queue storage for the router. Payloads stay opaque (sealed) bytes.
+//! This module must never import `e2e`. (Stub.)

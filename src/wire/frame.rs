@@ -1,0 +1,143 @@
+//! Length-prefixed framing: a big-endian `u32` length, then that many bytes
+//! of an encoded [`Frame`].
+//!
+//! Decoding is two-phase, as in a sans-IO parser: [`check`] looks at the
+//! length prefix without allocating and says whether a whole frame is
+//! buffered, whether it is too large, or whether more bytes are needed; only
+//! then [`decode`] splits the frame off the buffer (no copy) and parses it.
+//! Nothing here touches a socket or a clock.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use super::messages::{Frame, RoutingHeader};
+
+/// Bytes in the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The default largest frame: 1 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the allowed maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Allowed maximum.
+        max: usize,
+    },
+    /// The frame bytes are not a valid protobuf `Frame`.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    /// The frame decoded but has no body.
+    #[error("malformed frame: no body")]
+    Empty,
+}
+
+/// What [`check`] found at the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A whole frame of this many body bytes is buffered.
+    Ready(usize),
+    /// More bytes are needed; at least this many in total.
+    Incomplete(usize),
+}
+
+/// Looks at the front of `buf` without consuming or allocating.
+pub fn check(buf: &[u8], max: usize) -> Result<Check, FrameError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(Check::Incomplete(LENGTH_PREFIX));
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if buf.len() < LENGTH_PREFIX + len {
+        return Ok(Check::Incomplete(LENGTH_PREFIX + len));
+    }
+    Ok(Check::Ready(len))
+}
+
+/// Splits one frame off the front of `buf` and parses it, if a whole frame is
+/// there. The frame's byte fields point into the split-off buffer.
+pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match check(buf, max)? {
+        Check::Incomplete(_) => Ok(None),
+        Check::Ready(len) => {
+            buf.advance(LENGTH_PREFIX);
+            let body: Bytes = buf.split_to(len).freeze();
+            let frame = Frame::decode(body)?;
+            if frame.body.is_none() {
+                return Err(FrameError::Empty);
+            }
+            Ok(Some(frame))
+        }
+    }
+}
+
+/// Appends `frame`, length prefix first, to `out`.
+pub fn encode(frame: &Frame, out: &mut BytesMut) {
+    let len = frame.encoded_len();
+    out.reserve(LENGTH_PREFIX + len);
+    // A frame over u32::MAX cannot be built from inputs we accept (the
+    // maximum frame is checked on both sides), so the cast cannot truncate.
+    out.put_u32(len as u32);
+    // Encoding into a BytesMut that has reserved enough cannot fail.
+    let _ = frame.encode(out);
+}
+
+/// Encodes one frame into a fresh buffer (tests, vectors, one-off writes).
+pub fn to_bytes(frame: &Frame) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(frame, &mut out);
+    out.freeze()
+}
+
+/// Encodes a routing header to the bytes that travel in `Send.header`.
+pub fn encode_header(header: &RoutingHeader) -> Bytes {
+    Bytes::from(header.encode_to_vec())
+}
+
+/// Parses routing-header bytes. The bytes themselves are what gets forwarded.
+pub fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, prost::DecodeError> {
+    RoutingHeader::decode(bytes.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::messages::{Body, Ping};
+
+    fn ping(n: u64) -> Frame {
+        Frame { body: Some(Body::Ping(Ping { nonce: n })) }
+    }
+
+    #[test]
+    fn round_trip_and_partial_reads() {
+        let bytes = to_bytes(&ping(7));
+        let mut buf = BytesMut::new();
+        for (i, b) in bytes.iter().enumerate() {
+            assert!(decode(&mut buf, 64).unwrap().is_none(), "frame complete too early at byte {i}");
+            buf.put_u8(*b);
+        }
+        assert_eq!(decode(&mut buf, 64).unwrap(), Some(ping(7)));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_reading_the_body() {
+        let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
+        assert!(matches!(decode(&mut buf, 1024), Err(FrameError::TooLarge { len: 0x100000, max: 1024 })));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(decode(&mut buf, 1024), Err(FrameError::Malformed(_))));
+        let mut empty = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert!(matches!(decode(&mut empty, 1024), Err(FrameError::Empty)));
+    }
+}
