@@ -1,2 +1,19 @@
 //! The `exocom` binary: the router, certificate, policy and audit tools, send/listen.
-fn main(){}
+//!
+//! `main` does three things: parse the command line, set up tracing, and
+//! hand over to the library's `cli::run`.
+
+use clap::Parser;
+use exocom::cli::{Cli, LogFormat, run};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("EXOCOM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    std::process::exit(run(cli));
+}
