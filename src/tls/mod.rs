@@ -169,8 +169,3 @@ pub fn peer_identity(conn: &rustls::ServerConnection) -> Result<PeerIdentity, Tl
     let leaf = conn.peer_certificates().and_then(|certs| certs.first()).ok_or(TlsError::NoPeerCertificate)?;
     Ok(identity_of_cert(leaf)?)
 }
-
-/// A short, stable reason for a failed server-side handshake (stub).
-pub fn handshake_failure_reason(_err: &std::io::Error) -> &'static str {
-    "other"
-}
