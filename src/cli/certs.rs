@@ -130,7 +130,7 @@ fn run_init(args: &InitArgs) -> Result<(), CertsError> {
     }
     print_identity("router", &report.router);
     for service in &report.services {
-        print_identity("service", service);
+        print_identity(&format!("service {}", display_dir(&service.dir)), service);
     }
     Ok(())
 }
@@ -141,7 +141,7 @@ fn run_issue(args: &IssueArgs) -> Result<(), CertsError> {
     for file in issued.files() {
         println!("wrote {}", file.display());
     }
-    print_identity("service", &issued);
+    print_identity(&format!("service {}", args.service), &issued);
     Ok(())
 }
 
@@ -159,14 +159,8 @@ fn run_revoke(args: &RevokeArgs) -> Result<(), CertsError> {
     Ok(())
 }
 
-fn print_identity(kind: &str, leaf: &IssuedLeaf) {
-    println!(
-        "{kind} {}: {} (serial {}, expires {})",
-        display_dir(&leaf.dir),
-        leaf.uris.join(", "),
-        leaf.serial,
-        leaf.not_after.date()
-    );
+fn print_identity(label: &str, leaf: &IssuedLeaf) {
+    println!("{label}: {} (serial {}, expires {})", leaf.uris.join(", "), leaf.serial, leaf.not_after.date());
 }
 
 fn display_dir(dir: &Path) -> String {

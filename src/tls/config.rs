@@ -233,6 +233,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_checked_in_example_certificates_work() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example");
+        let files =
+            ServerFiles { trust_domain: Some("example.org".to_owned()), ..ServerFiles::from_certs_dir(&dir) };
+        let server = server_config(&files).unwrap();
+        for service in ["web", "todo"] {
+            let client = client_config(&IdentityDir::new(dir.join(service))).unwrap();
+            let (server_result, _) = handshake(server.clone(), client).await;
+            assert_eq!(server_result.unwrap().service, service);
+        }
+    }
+
+    #[tokio::test]
     async fn no_client_certificate_is_refused() {
         let pki = Pki::new();
         let server = server_config(&pki.server()).unwrap();
