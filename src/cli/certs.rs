@@ -18,14 +18,14 @@ pub enum CertsCmd {
     ///
     /// Writes DIR/ca.pem and DIR/ca.key (the CA), DIR/trust-domain,
     /// DIR/router/{cert,key,ca}.pem (SAN localhost, 127.0.0.1),
-    /// DIR/<service>/{cert,key,ca}.pem (URI SAN spiffe://<trust-domain>/svc/<service>)
+    /// DIR/SERVICE/{cert,key,ca}.pem (URI SAN spiffe://DOMAIN/svc/SERVICE)
     /// and Ed25519 key pairs DIR/{audit,admin,policy-signing}/{key,pub}.pem.
     /// Private keys are written with mode 0600.
     Init(InitArgs),
     /// Issue a certificate for one more service with an existing CA.
     ///
     /// Writes OUT/{cert,key,ca}.pem with the URI SAN
-    /// spiffe://<trust-domain>/svc/<service>, the trust domain being the one
+    /// spiffe://DOMAIN/svc/SERVICE, DOMAIN being the one
     /// recorded in CA/trust-domain. Re-issuing replaces the certificate and key.
     Issue(IssueArgs),
     /// Write a CRL revoking certificates (for the router's --crl).
@@ -69,7 +69,7 @@ pub struct IssueArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 365, value_name = "N")]
     pub days: u32,
-    /// Directory to write to [default: CA/<service>].
+    /// Directory to write to [default: CA/SERVICE].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
