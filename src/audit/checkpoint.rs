@@ -20,9 +20,8 @@ use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use super::chain::{HASH_LEN, hash_body, to_hex};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// Why a key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +73,7 @@ pub struct Signer {
 impl Signer {
     /// Loads an Ed25519 PKCS#8 PEM private key (`DIR/audit/key.pem`).
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path)
-            .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
         let format = |what| KeyError::Format { path: path.to_owned(), what };
         let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
             .map_err(|_| format("no PKCS#8 \"PRIVATE KEY\" PEM block"))?;
@@ -115,8 +113,7 @@ pub struct VerifyingKey {
 impl VerifyingKey {
     /// Loads an Ed25519 SubjectPublicKeyInfo PEM (`DIR/audit/pub.pem`).
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path)
-            .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        let pem = std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
         let format = |what| KeyError::Format { path: path.to_owned(), what };
         let der = SubjectPublicKeyInfoDer::from_pem_slice(&pem)
             .map_err(|_| format("no \"PUBLIC KEY\" PEM block"))?;
@@ -143,9 +140,7 @@ impl VerifyingKey {
         let Ok(sig) = hex::decode(sig_hex) else {
             return false;
         };
-        UnparsedPublicKey::new(&ED25519, &self.raw)
-            .verify(&message(seq, prev, count), &sig)
-            .is_ok()
+        UnparsedPublicKey::new(&ED25519, &self.raw).verify(&message(seq, prev, count), &sig).is_ok()
     }
 }
 
@@ -196,9 +191,6 @@ mod tests {
         let bad = dir.path().join("p256.pem");
         std::fs::write(&bad, p256.public_key_pem()).unwrap();
         assert!(matches!(VerifyingKey::from_pem_file(&bad), Err(KeyError::Format { .. })));
-        assert!(matches!(
-            Signer::from_pem_file(&dir.path().join("missing.pem")),
-            Err(KeyError::Read { .. })
-        ));
+        assert!(matches!(Signer::from_pem_file(&dir.path().join("missing.pem")), Err(KeyError::Read { .. })));
     }
 }

@@ -153,9 +153,7 @@ pub fn parse_decision(text: &str) -> Result<Decision, QueryError> {
 
 /// RFC 3339 text in any offset → the log's own fixed-width UTC form.
 fn normalize_time(text: &str) -> Result<String, QueryError> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(format_time)
-        .map_err(|_| QueryError::Time(text.to_owned()))
+    OffsetDateTime::parse(text, &Rfc3339).map(format_time).map_err(|_| QueryError::Time(text.to_owned()))
 }
 
 /// Calls `each(raw_line, entry)` for every line of `files` that passes `filter`.
@@ -269,7 +267,14 @@ mod tests {
         assert!(f.matches(&e));
         assert!(!Filter { receiver: Some("todo".into()), ..f.clone() }.matches(&e));
         assert!(f.clone().since("2026-11-22T09:00:00Z").unwrap().matches(&e));
-        assert!(!f.clone().since("2026-11-22T11:00:00+01:00").unwrap().until("2026-11-22T10:00:00Z").unwrap().matches(&e));
+        assert!(
+            !f.clone()
+                .since("2026-11-22T11:00:00+01:00")
+                .unwrap()
+                .until("2026-11-22T10:00:00Z")
+                .unwrap()
+                .matches(&e)
+        );
         assert!(!Filter { events: vec![Event::Send], ..Filter::default() }.matches(&e));
         assert!(Filter::default().since("yesterday").is_err());
     }

@@ -130,11 +130,7 @@ impl Event {
     pub fn is_reserved(self) -> bool {
         matches!(
             self,
-            Event::AuditCheckpoint
-                | Event::SegmentStart
-                | Event::LogStart
-                | Event::LogStop
-                | Event::AuditGap
+            Event::AuditCheckpoint | Event::SegmentStart | Event::LogStart | Event::LogStop | Event::AuditGap
         )
     }
 }
@@ -418,11 +414,8 @@ mod tests {
 
     #[test]
     fn absent_fields_are_omitted_and_order_is_fixed() {
-        let rec = Record::new(Event::Send)
-            .name("todos.list")
-            .sender("web")
-            .decision(Decision::Allow)
-            .bytes(12u64);
+        let rec =
+            Record::new(Event::Send).name("todos.list").sender("web").decision(Decision::Allow).bytes(12u64);
         let json = serde_json::to_string(&rec).unwrap();
         assert_eq!(
             json,

@@ -128,10 +128,7 @@ impl Summary {
                     .or_else(|| e.remote.as_deref().map(strip_port))
                     .unwrap_or_else(|| "(unknown)".into());
                 bump(&mut self.handshake_by_identity, who);
-                bump(
-                    &mut self.handshake_by_reason,
-                    e.reason.clone().unwrap_or_else(|| "(no reason)".into()),
-                );
+                bump(&mut self.handshake_by_reason, e.reason.clone().unwrap_or_else(|| "(no reason)".into()));
                 if let Some(m) = minute(&e.time) {
                     bump(&mut self.handshake_time, m);
                 }
@@ -200,7 +197,9 @@ fn bucketize(series: &BTreeMap<i64, u64>, lo: i64, hi: i64) -> [u64; BUCKETS] {
 fn minute_label(m: i64) -> String {
     OffsetDateTime::from_unix_timestamp(m * 60)
         .ok()
-        .and_then(|t| t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).ok())
+        .and_then(|t| {
+            t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).ok()
+        })
         .unwrap_or_default()
 }
 
@@ -234,7 +233,13 @@ pub fn render(summary: &Summary, status: &Status, title: &str) -> String {
     for ((s, r), names) in summary.edges() {
         let total: u64 = names.values().sum();
         let list: Vec<String> = names.iter().map(|(n, c)| format!("{} ({c})", esc(n))).collect();
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td class=\"num\">{total}</td><td>{}</td></tr>", esc(s), esc(r), list.join(", "));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{total}</td><td>{}</td></tr>",
+            esc(s),
+            esc(r),
+            list.join(", ")
+        );
     }
     h.push_str("</table>");
 
@@ -293,7 +298,9 @@ fn entry_table(h: &mut String, entries: &[Entry]) {
         h.push_str("<p class=\"empty\">none</p>");
         return;
     }
-    h.push_str("<table><tr><th>time</th><th>seq</th><th>event</th><th>serial / rule</th><th>reason</th></tr>");
+    h.push_str(
+        "<table><tr><th>time</th><th>seq</th><th>event</th><th>serial / rule</th><th>reason</th></tr>",
+    );
     for e in entries.iter().take(500) {
         let what = match (e.policy_serial, &e.rule) {
             (Some(s), Some(r)) => format!("{s} / {r}"),
@@ -326,7 +333,12 @@ fn talk_graph(h: &mut String, s: &Summary) {
          <marker id=\"arrow-deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0L10,5L0,10z\" fill=\"#c33\"/></marker></defs>"
     );
     if nodes.is_empty() {
-        let _ = write!(h, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">no traffic in this log</text></svg>", W / 2.0, H / 2.0);
+        let _ = write!(
+            h,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">no traffic in this log</text></svg>",
+            W / 2.0,
+            H / 2.0
+        );
         return;
     }
     let (cx, cy) = (W / 2.0, H / 2.0);
@@ -356,7 +368,18 @@ fn talk_graph(h: &mut String, s: &Summary) {
         if to.is_empty() {
             continue;
         }
-        edge(h, &pos, from, to, node_r, 1.5, "#c33", "arrow-deny", " stroke-dasharray=\"6 4\"", &format!("denied ×{n}"));
+        edge(
+            h,
+            &pos,
+            from,
+            to,
+            node_r,
+            1.5,
+            "#c33",
+            "arrow-deny",
+            " stroke-dasharray=\"6 4\"",
+            &format!("denied ×{n}"),
+        );
     }
     for n in &nodes {
         let (x, y) = pos[n.as_str()];
@@ -431,18 +454,20 @@ fn axis_labels(h: &mut String, range: (i64, i64), x0: f64, x1: f64, y: f64) {
 
 fn volume_chart(h: &mut String, s: &Summary, range: Option<(i64, i64)>) {
     let (svg_w, svg_h, left, top, bottom) = (1000.0, 300.0, 50.0, 20.0, 40.0);
-    let _ = write!(h, "<svg id=\"volume-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{svg_w}\" height=\"{svg_h}\" viewBox=\"0 0 {svg_w} {svg_h}\" role=\"img\"><title>Volume per message name</title>");
+    let _ = write!(
+        h,
+        "<svg id=\"volume-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{svg_w}\" height=\"{svg_h}\" viewBox=\"0 0 {svg_w} {svg_h}\" role=\"img\"><title>Volume per message name</title>"
+    );
     let Some((lo, hi)) = range.filter(|_| !s.volume.is_empty()) else {
-        h.push_str("<text x=\"500\" y=\"150\" text-anchor=\"middle\" fill=\"#888\">no messages sent</text></svg>");
+        h.push_str(
+            "<text x=\"500\" y=\"150\" text-anchor=\"middle\" fill=\"#888\">no messages sent</text></svg>",
+        );
         return;
     };
     let mut names: Vec<(&String, u64)> = s.volume.iter().map(|(n, m)| (n, m.values().sum())).collect();
     names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut series: Vec<(String, [u64; BUCKETS])> = names
-        .iter()
-        .take(TOP_NAMES)
-        .map(|(n, _)| ((*n).clone(), bucketize(&s.volume[*n], lo, hi)))
-        .collect();
+    let mut series: Vec<(String, [u64; BUCKETS])> =
+        names.iter().take(TOP_NAMES).map(|(n, _)| ((*n).clone(), bucketize(&s.volume[*n], lo, hi))).collect();
     if names.len() > TOP_NAMES {
         let mut other = [0u64; BUCKETS];
         for (n, _) in &names[TOP_NAMES..] {
@@ -455,7 +480,15 @@ fn volume_chart(h: &mut String, s: &Summary, range: Option<(i64, i64)>) {
     let max = series.iter().flat_map(|(_, b)| b.iter()).copied().max().unwrap_or(1).max(1);
     let plot_w = svg_w - left - 220.0;
     let plot_h = svg_h - top - bottom;
-    let _ = write!(h, "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/><text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">{max}</text>", top + plot_h, left + plot_w, top + plot_h, left - 6.0, top + 10.0);
+    let _ = write!(
+        h,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/><text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">{max}</text>",
+        top + plot_h,
+        left + plot_w,
+        top + plot_h,
+        left - 6.0,
+        top + 10.0
+    );
     for (i, (name, buckets)) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let points: Vec<String> = buckets
@@ -486,9 +519,17 @@ fn volume_chart(h: &mut String, s: &Summary, range: Option<(i64, i64)>) {
 
 fn bar_chart(h: &mut String, id: &str, series: &BTreeMap<i64, u64>, range: Option<(i64, i64)>, colour: &str) {
     let (svg_w, svg_h, left, top, bottom) = (1000.0, 160.0, 50.0, 14.0, 34.0);
-    let _ = write!(h, "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{svg_w}\" height=\"{svg_h}\" viewBox=\"0 0 {svg_w} {svg_h}\" role=\"img\">");
+    let _ = write!(
+        h,
+        "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{svg_w}\" height=\"{svg_h}\" viewBox=\"0 0 {svg_w} {svg_h}\" role=\"img\">"
+    );
     let Some((lo, hi)) = range.filter(|_| !series.is_empty()) else {
-        let _ = write!(h, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">none</text></svg>", svg_w / 2.0, svg_h / 2.0);
+        let _ = write!(
+            h,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">none</text></svg>",
+            svg_w / 2.0,
+            svg_h / 2.0
+        );
         return;
     };
     let buckets = bucketize(series, lo, hi);
@@ -506,7 +547,12 @@ fn bar_chart(h: &mut String, id: &str, series: &BTreeMap<i64, u64>, range: Optio
             bw - 2.0
         );
     }
-    let _ = write!(h, "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">{max}</text>", left - 6.0, top + 10.0);
+    let _ = write!(
+        h,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">{max}</text>",
+        left - 6.0,
+        top + 10.0
+    );
     axis_labels(h, (lo, hi), left, left + plot_w, svg_h - 12.0);
     h.push_str("</svg>");
 }

@@ -133,10 +133,7 @@ mod tests {
         let files = discover(&[dir.path().to_owned()]).unwrap();
         let names: Vec<_> =
             files.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_owned()).collect();
-        assert_eq!(
-            names,
-            ["audit.000001.jsonl", "audit.000002.jsonl", "audit.000010.jsonl", "audit.jsonl"]
-        );
+        assert_eq!(names, ["audit.000001.jsonl", "audit.000002.jsonl", "audit.000010.jsonl", "audit.jsonl"]);
         let rotated = rotated(&dir.path().join("audit.jsonl")).unwrap();
         assert_eq!(rotated.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 10]);
     }

@@ -204,8 +204,8 @@ fn check_line(
             st.out.last_seq
         )));
     }
-    let prev = chain::from_hex(parsed.prev.as_bytes())
-        .ok_or_else(|| fail("prev is not 64 hex digits".into()))?;
+    let prev =
+        chain::from_hex(parsed.prev.as_bytes()).ok_or_else(|| fail("prev is not 64 hex digits".into()))?;
     if prev != st.head {
         return Err(fail(
             "prev is not the hash of the line before: lines deleted, reordered or modified".into(),
@@ -234,11 +234,7 @@ fn check_line(
     Ok(())
 }
 
-fn check_checkpoint(
-    st: &mut State<'_>,
-    line: &VLine<'_>,
-    prev: &[u8; HASH_LEN],
-) -> Result<(), String> {
+fn check_checkpoint(st: &mut State<'_>, line: &VLine<'_>, prev: &[u8; HASH_LEN]) -> Result<(), String> {
     let count = line.count.ok_or("checkpoint without count")?;
     if count != line.seq - 1 {
         return Err(format!("checkpoint count {count} but {} lines precede it", line.seq - 1));
@@ -272,8 +268,7 @@ fn finish(mut st: State<'_>, (file, line): (PathBuf, u64)) -> Result<Verified, V
         VerifyError::Tampered(Tampered { file: file.clone(), line, seq: Some(st.out.last_seq), reason })
     };
     st.out.unsealed = st.out.last_seq - st.out.last_checkpoint;
-    st.out.closed = st.last_event == Some(Event::AuditCheckpoint)
-        && st.prev_event == Some(Event::LogStop);
+    st.out.closed = st.last_event == Some(Event::AuditCheckpoint) && st.prev_event == Some(Event::LogStop);
     if !st.opts.live {
         if st.out.unsealed > 0 {
             return Err(tail(format!(

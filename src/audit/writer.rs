@@ -128,8 +128,7 @@ impl AuditHandle {
         match &self.shared {
             None => true,
             Some(s) => {
-                !s.closed.load(Ordering::Acquire)
-                    && (s.fail_open || s.available.load(Ordering::Acquire))
+                !s.closed.load(Ordering::Acquire) && (s.fail_open || s.available.load(Ordering::Acquire))
             }
         }
     }
@@ -406,9 +405,7 @@ impl Writer {
         };
         let chain = match &tail {
             Some((line, hash)) => {
-                if line.event != Event::LogStop.as_str()
-                    && line.event != Event::AuditCheckpoint.as_str()
-                {
+                if line.event != Event::LogStop.as_str() && line.event != Event::AuditCheckpoint.as_str() {
                     notes.push("the previous run ended without log_stop".to_owned());
                 }
                 ChainState { seq: line.seq, head: *hash, since_checkpoint: 0 }
@@ -509,11 +506,8 @@ impl Writer {
 
     fn push_segment_start(&self, buf: &mut Vec<u8>, chain: &mut ChainState) {
         if let Some(file) = &self.pending_segment_start {
-            let fields = WriterFields {
-                segment: Some(self.segment),
-                file: Some(file),
-                ..WriterFields::default()
-            };
+            let fields =
+                WriterFields { segment: Some(self.segment), file: Some(file), ..WriterFields::default() };
             self.push(buf, chain, &Record::new(Event::SegmentStart), &fields);
         }
     }
@@ -528,13 +522,10 @@ impl Writer {
         if let Some(failure) = &self.failure {
             let lost = failure.lost + job.dropped;
             let mode = if self.fail_open { "fail-open" } else { "fail-closed" };
-            let rec = Record::new(Event::AuditGap)
-                .reason(format!("{mode}: log unwritable: {}", failure.reason));
-            let fields = WriterFields {
-                dropped: Some(lost),
-                since: Some(&failure.since),
-                ..WriterFields::default()
-            };
+            let rec =
+                Record::new(Event::AuditGap).reason(format!("{mode}: log unwritable: {}", failure.reason));
+            let fields =
+                WriterFields { dropped: Some(lost), since: Some(&failure.since), ..WriterFields::default() };
             self.push(&mut buf, &mut chain, &rec, &fields);
         } else if job.dropped > 0 {
             let rec = Record::new(Event::AuditGap)
@@ -763,8 +754,7 @@ fn read_tail(path: &Path, repair: bool) -> Result<(Option<(TailLine, [u8; 32])>,
     if chain::hash_body(chain::split(line).map(|(b, _)| b).unwrap_or_default()) != hash {
         return Err(resume("last line does not match its hash".into()));
     }
-    let parsed: TailLine =
-        serde_json::from_slice(line).map_err(|e| resume(format!("last line: {e}")))?;
+    let parsed: TailLine = serde_json::from_slice(line).map_err(|e| resume(format!("last line: {e}")))?;
     Ok((Some((parsed, hash)), torn))
 }
 
