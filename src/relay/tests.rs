@@ -1,0 +1,1 @@
+//! Tests of the relay against a scripted router over in-memory pipes.
