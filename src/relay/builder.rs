@@ -52,7 +52,13 @@ pub struct RelayBuilder {
 
 impl RelayBuilder {
     pub(crate) fn new(addr: String, identity: IdentityDir) -> Self {
-        Self { addr, identity, settings: Settings::default(), handlers: HandlerTable::default(), codec: Arc::new(Plain) }
+        Self {
+            addr,
+            identity,
+            settings: Settings::default(),
+            handlers: HandlerTable::default(),
+            codec: Arc::new(Plain),
+        }
     }
 
     /// The name the router's certificate must carry (default `localhost`).
@@ -163,7 +169,12 @@ impl RelayBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn handle<F, Fut, E>(mut self, name: impl Into<String>, versions: impl IntoIterator<Item = u32>, f: F) -> Self
+    pub fn handle<F, Fut, E>(
+        mut self,
+        name: impl Into<String>,
+        versions: impl IntoIterator<Item = u32>,
+        f: F,
+    ) -> Self
     where
         F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -186,10 +197,17 @@ impl RelayBuilder {
         let config = tokio::task::spawn_blocking(move || tls::client_config(&identity))
             .await
             .map_err(|e| Error::with_source(ErrorKind::Config, "loading the identity failed", e))?
-            .map_err(|e| Error::with_source(ErrorKind::Config, format!("cannot load the identity in {dir}: {e}"), e))?;
-        let server_name = rustls_pki_types::ServerName::try_from(self.settings.server_name.clone()).map_err(|e| {
-            Error::with_source(ErrorKind::Config, format!("invalid server name {:?}", self.settings.server_name), e)
-        })?;
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Config, format!("cannot load the identity in {dir}: {e}"), e)
+            })?;
+        let server_name =
+            rustls_pki_types::ServerName::try_from(self.settings.server_name.clone()).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!("invalid server name {:?}", self.settings.server_name),
+                    e,
+                )
+            })?;
         let connector = TlsConnector { addr: self.addr.clone(), server_name, config };
         self.connect_with(connector).await
     }

@@ -82,7 +82,11 @@ pub struct Plain;
 pub const SEAL_PLAIN: u32 = 0;
 
 impl PayloadCodec for Plain {
-    fn prepare(&self, header: &mut RoutingHeader, _command: Option<&RoutingHeader>) -> Result<(), CodecError> {
+    fn prepare(
+        &self,
+        header: &mut RoutingHeader,
+        _command: Option<&RoutingHeader>,
+    ) -> Result<(), CodecError> {
         header.seal = SEAL_PLAIN;
         Ok(())
     }
@@ -110,7 +114,10 @@ mod tests {
         assert_eq!(header.seal, SEAL_PLAIN);
         let header_bytes = crate::wire::frame::encode_header(&header);
         let sealed = Plain
-            .seal(Outgoing { header: &header, header_bytes: &header_bytes, command: None }, Bytes::from_static(b"{}"))
+            .seal(
+                Outgoing { header: &header, header_bytes: &header_bytes, command: None },
+                Bytes::from_static(b"{}"),
+            )
             .unwrap();
         assert_eq!(sealed.payload, Bytes::from_static(b"{}"));
         assert!(sealed.tags.is_empty() && sealed.grants.is_empty());

@@ -34,8 +34,8 @@ use super::shared::{Command, SessionInfo, SessionState, Shared};
 use crate::shutdown::Shutdown;
 use crate::wire::frame::decode_header;
 use crate::wire::{
-    Ack, Body, ConnectionError, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind, Nack,
-    PROTOCOL_VERSION, Pong, RoutingHeader, Send, Subscribe, Welcome,
+    Ack, Body, ConnectionError, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind,
+    Nack, PROTOCOL_VERSION, Pong, RoutingHeader, Send, Subscribe, Welcome,
 };
 
 /// Opens byte streams to the router.
@@ -207,9 +207,14 @@ impl<C: Connector> ConnectionTask<C> {
                 .map_err(|e| Error::from_connection("sending Hello", e))?;
             let welcome = match reader.read_frame().await {
                 Ok(Some(Frame { body: Some(Body::Welcome(w)) })) => w,
-                Ok(Some(Frame { body: Some(Body::Error(e)) })) => return Err(Error::from_code(e.code, &e.message)),
+                Ok(Some(Frame { body: Some(Body::Error(e)) })) => {
+                    return Err(Error::from_code(e.code, &e.message));
+                }
                 Ok(Some(_)) => {
-                    return Err(Error::new(ErrorKind::Protocol, "the router answered Hello with an unexpected frame"));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "the router answered Hello with an unexpected frame",
+                    ));
                 }
                 Ok(None) => {
                     return Err(Error::new(
@@ -221,16 +226,17 @@ impl<C: Connector> ConnectionTask<C> {
             };
             Ok(Session { reader, writer, welcome })
         };
-        tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, format!("no Welcome from the router within {timeout:?}")))?
+        tokio::time::timeout(timeout, handshake).await.map_err(|_| {
+            Error::new(ErrorKind::Timeout, format!("no Welcome from the router within {timeout:?}"))
+        })?
     }
 
     async fn serve(&mut self, session: Session<C::Stream>) -> SessionEnd {
         self.generation += 1;
         let generation = self.generation;
         let Session { mut reader, writer, welcome } = session;
-        let max_frame = usize::try_from(welcome.max_frame).ok().filter(|m| *m > 0).unwrap_or(DEFAULT_MAX_FRAME);
+        let max_frame =
+            usize::try_from(welcome.max_frame).ok().filter(|m| *m > 0).unwrap_or(DEFAULT_MAX_FRAME);
         tracing::info!(identity = %welcome.identity, service = %welcome.service, "connected to the router");
         self.state.send_modify(|s| {
             s.info = Some(SessionInfo { identity: welcome.identity, service: welcome.service, max_frame });
@@ -304,8 +310,10 @@ impl<C: Connector> ConnectionTask<C> {
 
     /// After `Welcome`: subscribe, then re-send everything still unanswered.
     async fn resume(&mut self, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
-        let subscribe =
-            Subscribe { subscriptions: self.handlers.subscriptions(), prefetch: self.shared.settings.prefetch };
+        let subscribe = Subscribe {
+            subscriptions: self.handlers.subscriptions(),
+            prefetch: self.shared.settings.prefetch,
+        };
         push(out, Body::Subscribe(subscribe)).await?;
         self.inflight.retain(|_, p| !p.done.is_closed());
         let frames: Vec<Frame> = self.inflight.iter().map(|(corr, p)| send_frame(*corr, p)).collect();
@@ -501,7 +509,9 @@ impl<C: Connector> ConnectionTask<C> {
             s.closed = true;
         });
         for (_, p) in std::mem::take(&mut self.inflight) {
-            let _ = p.done.send(Err(Error::new(ErrorKind::Closed, "the relay was closed before the router answered")));
+            let _ = p
+                .done
+                .send(Err(Error::new(ErrorKind::Closed, "the relay was closed before the router answered")));
         }
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {

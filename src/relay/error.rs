@@ -187,15 +187,15 @@ fn certificate_reason(err: &std::io::Error) -> Option<String> {
                     | Alert::UnsupportedCertificate
                     | Alert::CertificateUnknown
                     | Alert::AccessDenied
-                    | Alert::HandshakeFailure => Some(format!("the router refused our certificate ({alert:?})")),
+                    | Alert::HandshakeFailure => {
+                        Some(format!("the router refused our certificate ({alert:?})"))
+                    }
                     _ => None,
                 },
                 rustls::Error::InvalidCertificate(why) => {
                     Some(format!("the router's certificate is not valid: {why:?}"))
                 }
-                rustls::Error::NoCertificatesPresented => {
-                    Some("the router presented no certificate".into())
-                }
+                rustls::Error::NoCertificatesPresented => Some("the router presented no certificate".into()),
                 _ => None,
             };
         }
@@ -218,7 +218,11 @@ impl std::error::Error for Error {
 
 impl From<serde_json::Error> for Error {
     fn from(err: serde_json::Error) -> Self {
-        Self::with_source(ErrorKind::Serialization, format!("payload is not valid JSON for this type: {err}"), err)
+        Self::with_source(
+            ErrorKind::Serialization,
+            format!("payload is not valid JSON for this type: {err}"),
+            err,
+        )
     }
 }
 

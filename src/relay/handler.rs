@@ -256,7 +256,12 @@ impl Responder {
         self.command.expects_reply && self.command.kind == Kind::Command as i32
     }
 
-    async fn emit<T: Serialize + ?Sized>(&mut self, name: &str, payload: &T, last: bool) -> Result<(), Error> {
+    async fn emit<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        payload: &T,
+        last: bool,
+    ) -> Result<(), Error> {
         if !self.expects_reply() {
             tracing::debug!(name, "reply skipped: the message expects none");
             return Ok(());
@@ -279,7 +284,12 @@ impl Responder {
         self.shared.submit(outbound).await.map(|_| ())
     }
 
-    async fn follow_up<T: Serialize + ?Sized>(&self, kind: Kind, name: &str, payload: &T) -> Result<(), Error> {
+    async fn follow_up<T: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        name: &str,
+        payload: &T,
+    ) -> Result<(), Error> {
         let payload = Bytes::from(serde_json::to_vec(payload)?);
         let opts = MessageOptions::new();
         let outbound = Outbound {
@@ -315,7 +325,11 @@ mod tests {
         let subs = t.subscriptions();
         assert_eq!(subs.len(), 2);
         assert_eq!((subs[0].name.as_str(), subs[0].versions.as_slice()), ("a", &[1, 2, 3][..]));
-        assert_eq!((subs[1].name.as_str(), subs[1].versions.as_slice()), ("b", &[][..]), "b takes all versions");
+        assert_eq!(
+            (subs[1].name.as_str(), subs[1].versions.as_slice()),
+            ("b", &[][..]),
+            "b takes all versions"
+        );
     }
 
     #[test]

@@ -50,9 +50,8 @@ pub(crate) fn build(p: &HeaderParams<'_>, sender: &SenderInfo<'_>, id: Uuid, now
         (Kind::Reply, Some(cause)) => cause.id.clone(),
         _ => bytes::Bytes::new(),
     };
-    let expires_at_ms = p.opts.ttl.map_or(0, |ttl| {
-        now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-    });
+    let expires_at_ms =
+        p.opts.ttl.map_or(0, |ttl| now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
     RoutingHeader {
         name: p.name.to_owned(),
         version: p.opts.version_number(),
@@ -83,10 +82,23 @@ mod tests {
     use super::*;
     use crate::wire::frame::{decode_header, encode_header};
 
-    const SENDER: SenderInfo<'static> = SenderInfo { identity: "spiffe://example.org/svc/web", instance: "i-1" };
+    const SENDER: SenderInfo<'static> =
+        SenderInfo { identity: "spiffe://example.org/svc/web", instance: "i-1" };
 
-    fn params<'a>(kind: Kind, opts: &'a MessageOptions, cause: Option<&'a RoutingHeader>) -> HeaderParams<'a> {
-        HeaderParams { kind, name: "todos.list", opts, expects_reply: false, cause, stream_seq: 0, stream_final: false }
+    fn params<'a>(
+        kind: Kind,
+        opts: &'a MessageOptions,
+        cause: Option<&'a RoutingHeader>,
+    ) -> HeaderParams<'a> {
+        HeaderParams {
+            kind,
+            name: "todos.list",
+            opts,
+            expects_reply: false,
+            cause,
+            stream_seq: 0,
+            stream_final: false,
+        }
     }
 
     #[test]

@@ -52,11 +52,9 @@ mod shared;
 mod tests;
 
 use std::sync::{Arc, Mutex};
-use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -71,7 +69,6 @@ pub use request::{Replies, Reply};
 use crate::shutdown::ShutdownTrigger;
 use crate::tls::IdentityDir;
 use crate::wire::Kind;
-use request::ReplySink;
 use shared::{Outbound, Shared};
 
 /// A connection to the router, shared by every clone.
@@ -205,11 +202,13 @@ impl Relay {
         let permit = Arc::clone(&shared.requests).try_acquire_owned().map_err(|_| {
             Error::new(
                 ErrorKind::TooManyRequests,
-                format!("{} requests are already waiting for replies", shared.settings.max_outstanding_requests),
+                format!(
+                    "{} requests are already waiting for replies",
+                    shared.settings.max_outstanding_requests
+                ),
             )
         })?;
-        let (tx, rx) = mpsc::channel(shared.settings.reply_buffer.max(1));
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let (sink, receiver) = request::reply_channel(shared.settings.reply_buffer);
         let outbound = Outbound {
             kind: Kind::Command,
             name,
@@ -219,7 +218,7 @@ impl Relay {
             cause: None,
             stream_seq: 0,
             stream_final: false,
-            replies: Some(ReplySink { tx, overflowed: Arc::clone(&overflowed) }),
+            replies: Some(sink),
         };
         let submitted = shared.submit(outbound).await;
         if submitted.is_err() {
@@ -228,8 +227,7 @@ impl Relay {
         let submitted = submitted?;
         let idle = opts.timeout.unwrap_or(shared.settings.request_timeout);
         Ok(Replies::new(
-            rx,
-            overflowed,
+            receiver,
             Arc::clone(shared),
             *submitted.id.as_bytes(),
             name.to_owned(),
@@ -253,7 +251,10 @@ impl Relay {
         let mut replies = self.request(name, payload).await?;
         match replies.next().await {
             Some(reply) => reply,
-            None => Err(Error::new(ErrorKind::Timeout, format!("no service received {name}, so no reply will come"))),
+            None => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no service received {name}, so no reply will come"),
+            )),
         }
     }
 

@@ -107,6 +107,21 @@ pub(crate) struct ReplySink {
     pub(crate) overflowed: Arc<AtomicBool>,
 }
 
+/// The reading end of a request's reply buffer.
+#[derive(Debug)]
+pub(crate) struct ReplyReceiver {
+    rx: mpsc::Receiver<Reply>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// A reply buffer of `capacity` replies: the sink for the connection task,
+/// the receiver for [`Replies`].
+pub(crate) fn reply_channel(capacity: usize) -> (ReplySink, ReplyReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let overflowed = Arc::new(AtomicBool::new(false));
+    (ReplySink { tx, overflowed: Arc::clone(&overflowed) }, ReplyReceiver { rx, overflowed })
+}
+
 /// The replies to one request, in arrival order.
 ///
 /// Read with [`next`](Replies::next) or as a [`Stream`]. The stream yields
@@ -131,8 +146,7 @@ pub struct Replies {
 
 impl Replies {
     pub(crate) fn new(
-        rx: mpsc::Receiver<Reply>,
-        overflowed: Arc<AtomicBool>,
+        receiver: ReplyReceiver,
         shared: Arc<Shared>,
         command: MessageId,
         name: String,
@@ -141,8 +155,8 @@ impl Replies {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         Self {
-            rx,
-            overflowed,
+            rx: receiver.rx,
+            overflowed: receiver.overflowed,
             shared,
             command,
             name,
@@ -226,7 +240,10 @@ impl Stream for Replies {
             Poll::Ready(None) => {
                 let err = if this.overflowed.load(Ordering::Acquire) {
                     this.finish(true);
-                    Error::new(ErrorKind::SlowConsumer, format!("replies to {} were not read fast enough", this.name))
+                    Error::new(
+                        ErrorKind::SlowConsumer,
+                        format!("replies to {} were not read fast enough", this.name),
+                    )
                 } else if this.shared.is_closed() {
                     this.finish(true);
                     Error::new(ErrorKind::Closed, "the relay was closed")

@@ -162,7 +162,8 @@ impl Shared {
         timeout: Duration,
     ) -> Result<u32, Error> {
         let (done, accepted) = oneshot::channel();
-        let queued = tokio::time::timeout_at(deadline, self.commands.send(Command::Send { header, sealed, done }));
+        let queued =
+            tokio::time::timeout_at(deadline, self.commands.send(Command::Send { header, sealed, done }));
         match queued.await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(closed()),
@@ -178,7 +179,8 @@ impl Shared {
     /// Waits until the router has welcomed us once (so our identity is known).
     async fn wait_session(&self, deadline: Instant) -> Result<SessionInfo, Error> {
         let mut state = self.state.clone();
-        let waited = tokio::time::timeout_at(deadline, state.wait_for(|s| s.info.is_some() || s.closed)).await;
+        let waited =
+            tokio::time::timeout_at(deadline, state.wait_for(|s| s.info.is_some() || s.closed)).await;
         match waited {
             Ok(Ok(s)) if s.closed => Err(closed()),
             Ok(Ok(s)) => s.info.clone().ok_or_else(closed),
@@ -232,19 +234,24 @@ fn validate_name(name: &str) -> Result<(), Error> {
     } else {
         Err(Error::new(
             ErrorKind::InvalidName,
-            format!("invalid message name {name:?}: use dot-separated segments of letters, digits, '-' and '_'"),
+            format!(
+                "invalid message name {name:?}: use dot-separated segments of letters, digits, '-' and '_'"
+            ),
         ))
     }
 }
 
 fn check_size(header: &Bytes, sealed: &SealedPayload, max_frame: usize) -> Result<(), Error> {
-    let blobs: usize = sealed.tags.iter().chain(&sealed.grants).map(|b| b.data.len() + b.service.len() + 8).sum();
+    let blobs: usize =
+        sealed.tags.iter().chain(&sealed.grants).map(|b| b.data.len() + b.service.len() + 8).sum();
     // Protobuf framing adds a few bytes per field; 64 covers it generously.
     let estimate = LENGTH_PREFIX + header.len() + sealed.payload.len() + blobs + 64;
     if estimate > max_frame {
         return Err(Error::new(
             ErrorKind::TooLarge,
-            format!("message of about {estimate} bytes exceeds the router's maximum frame of {max_frame} bytes"),
+            format!(
+                "message of about {estimate} bytes exceeds the router's maximum frame of {max_frame} bytes"
+            ),
         ));
     }
     Ok(())
@@ -259,7 +266,9 @@ fn closed() -> Error {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
