@@ -69,3 +69,8 @@ pub fn client_config(_identity: &IdentityDir) -> Result<Arc<rustls::ClientConfig
 pub fn peer_identity(_conn: &rustls::ServerConnection) -> Result<PeerIdentity, TlsError> {
     Err(TlsError::Other("not implemented".into()))
 }
+
+/// A short, stable reason for a failed server-side handshake (stub).
+pub fn handshake_failure_reason(_err: &std::io::Error) -> &'static str {
+    "other"
+}
