@@ -370,8 +370,11 @@ impl<C: Connector> ConnectionTask<C> {
         };
         if header.kind == Kind::Reply as i32 {
             // Replies are consumed on receipt: a late or duplicate one is
-            // acknowledged and dropped, never redelivered.
-            self.acks.push(d.tag);
+            // acknowledged and dropped, never redelivered. Tag 0 means the
+            // router does not track the delivery, so there is nothing to ack.
+            if d.tag != 0 {
+                self.acks.push(d.tag);
+            }
             self.on_reply(&d, header, id);
             return Ok(());
         }
