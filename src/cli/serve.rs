@@ -127,6 +127,7 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             cert: need(args.cert.or(file.cert), "cert")?,
             key: need(args.key.or(file.key), "key")?,
             crls: if args.crls.is_empty() { file.crl } else { args.crls },
+            trust_domain: None,
         },
         policy: need(args.policy.or(file.policy), "policy")?,
         audit_log: args.audit_log.or(file.audit_log),
