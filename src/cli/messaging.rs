@@ -115,7 +115,7 @@ pub fn run_listen(args: ListenArgs) -> anyhow::Result<i32> {
 }
 
 async fn send(args: &SendArgs, payload: &Value) -> Result<i32, Error> {
-    let relay = Relay::builder(args.router.clone(), IdentityDir { dir: args.identity.clone() })
+    let relay = Relay::builder(args.router.clone(), IdentityDir::new(args.identity.clone()))
         .server_name(args.server_name.clone())
         .request_timeout(args.timeout)
         .connect_timeout(args.timeout)
@@ -155,7 +155,7 @@ async fn listen(args: &ListenArgs, reply_payload: Value) -> Result<i32, Error> {
     let (lines, mut received) = mpsc::channel::<Value>(64);
     let taken = Arc::new(AtomicU64::new(0));
     let reply = args.reply.clone().map(|name| Arc::new((name, reply_payload)));
-    let mut builder = Relay::builder(args.router.clone(), IdentityDir { dir: args.identity.clone() })
+    let mut builder = Relay::builder(args.router.clone(), IdentityDir::new(args.identity.clone()))
         .server_name(args.server_name.clone());
     if let Some(timeout) = args.timeout {
         builder = builder.connect_timeout(timeout);
