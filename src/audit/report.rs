@@ -558,6 +558,7 @@ fn bar_chart(h: &mut String, id: &str, series: &BTreeMap<i64, u64>, range: Optio
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

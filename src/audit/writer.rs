@@ -574,16 +574,17 @@ impl Writer {
             FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
             FsyncPolicy::Never => false,
         };
-        if sync_now || job.stop {
-            if let Err(err) = self.sync() {
-                self.fail(&err, 0);
-                return Err(err);
-            }
+        if (sync_now || job.stop)
+            && let Err(err) = self.sync()
+        {
+            self.fail(&err, 0);
+            return Err(err);
         }
-        if !job.stop && self.rotate_due(Instant::now()) {
-            if let Err(err) = self.rotate() {
-                tracing::warn!(path = %self.path.display(), %err, "audit rotation failed; will retry");
-            }
+        if !job.stop
+            && self.rotate_due(Instant::now())
+            && let Err(err) = self.rotate()
+        {
+            tracing::warn!(path = %self.path.display(), %err, "audit rotation failed; will retry");
         }
         Ok(())
     }
@@ -882,6 +883,7 @@ async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, in
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
     use crate::audit::chain::GENESIS;

@@ -4,6 +4,9 @@
 //! Turns arguments into [`crate::audit`] calls and prints. Never writes to a
 //! log it reads.
 
+// Printing results is what a CLI module is for.
+#![allow(clippy::print_stdout)]
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -421,7 +424,7 @@ async fn bench_writer(
     let mut last = None;
     let mut i = 0u64;
     while i < lines {
-        let rec = Record::new(if i % 2 == 0 { Event::Send } else { Event::Deliver })
+        let rec = Record::new(if i.is_multiple_of(2) { Event::Send } else { Event::Deliver })
             .id(uuid::Uuid::now_v7())
             .name(names[(i % 4) as usize].clone())
             .version(1u32)
