@@ -650,12 +650,13 @@ impl Writer {
         if !self.unsynced {
             return Ok(());
         }
+        // Also after a failed fsync, so a failing disk is retried at the interval, not in a loop.
+        self.last_fsync = Instant::now();
         if let Some(file) = &self.file {
             file.sync_data()?;
             self.stats.fsyncs += 1;
         }
         self.unsynced = false;
-        self.last_fsync = Instant::now();
         Ok(())
     }
 
