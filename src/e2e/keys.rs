@@ -24,6 +24,10 @@ use super::crypto;
 pub const SECRET_FILE: &str = "receive.key";
 /// File name of the public key inside a key directory.
 pub const PUBLIC_FILE: &str = "receive.pub";
+/// The previous secret key, kept by a rotation while old grants may still arrive.
+pub const PREVIOUS_SECRET_FILE: &str = "receive.key.prev";
+/// The previous public key.
+pub const PREVIOUS_PUBLIC_FILE: &str = "receive.pub.prev";
 
 const SECRET_PREFIX: &str = "exocom-receive-key-v1:";
 const PUBLIC_PREFIX: &str = "exocom-receive-pub-v1:";
@@ -88,6 +92,31 @@ impl ReceiveKey {
         write_private(&secret_path, secret_line.as_bytes()).map_err(io(secret_path.clone()))?;
         std::fs::write(&public_path, self.public_line()).map_err(io(public_path))?;
         Ok(())
+    }
+
+    /// Loads `dir/receive.key.prev` if a rotation left one.
+    pub fn load_previous(dir: &Path) -> Result<Option<Self>, E2eError> {
+        let path = dir.join(PREVIOUS_SECRET_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::load_file(&path).map(Some)
+    }
+
+    /// Rotation: moves the current pair in `dir` to `receive.key.prev` /
+    /// `receive.pub.prev` (replacing an older previous pair) and writes a
+    /// new pair. Returns the new key.
+    pub fn rotate(dir: &Path) -> Result<Self, E2eError> {
+        let io = |path: PathBuf| move |source| E2eError::Io { path, source };
+        for (from, to) in [(SECRET_FILE, PREVIOUS_SECRET_FILE), (PUBLIC_FILE, PREVIOUS_PUBLIC_FILE)] {
+            let from = dir.join(from);
+            if from.exists() {
+                std::fs::rename(&from, dir.join(to)).map_err(io(from))?;
+            }
+        }
+        let key = Self::generate()?;
+        key.save(dir, false)?;
+        Ok(key)
     }
 
     /// The public key.
@@ -173,6 +202,19 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(SECRET_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ReceiveKey::load_previous(dir.path()).unwrap().is_none());
+        let old = ReceiveKey::generate().unwrap();
+        old.save(dir.path(), false).unwrap();
+        let new = ReceiveKey::rotate(dir.path()).unwrap();
+        assert_ne!(new.public(), old.public());
+        assert_eq!(ReceiveKey::load(dir.path()).unwrap().public(), new.public());
+        let prev = ReceiveKey::load_previous(dir.path()).unwrap().unwrap();
+        assert_eq!(prev.public(), old.public());
     }
 
     #[test]
