@@ -5,6 +5,9 @@
 //! `receive.pub.prev` so the relay can still open grants made for it while
 //! the new key's announcement spreads (docs/E2E.md, "Rotation").
 
+// The command line reports to the person who ran it.
+#![allow(clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
