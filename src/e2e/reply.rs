@@ -110,6 +110,20 @@ impl ReplySealer {
             return Err(E2eError::Header("command id must be 16 bytes".into()));
         }
         let epoch = crypto::random::<16>().map_err(|_| E2eError::Random)?;
+        Self::with_epoch(reply_key, command, my_id, instance, epoch)
+    }
+
+    /// [`new`](Self::new) with a given reply epoch (test vectors).
+    pub(crate) fn with_epoch(
+        reply_key: &ReplyKey,
+        command: &RoutingHeader,
+        my_id: &str,
+        instance: &str,
+        epoch: [u8; 16],
+    ) -> Result<Self, E2eError> {
+        if command.id.len() != 16 {
+            return Err(E2eError::Header("command id must be 16 bytes".into()));
+        }
         let (aead, prefix) = reply_key.keys(&epoch, &command.id, my_id)?;
         Ok(Self {
             aead,
