@@ -536,3 +536,27 @@ fn a_redelivered_command_gets_a_fresh_reply_epoch() {
     assert_ne!(ha.epoch, hb.epoch);
     assert_ne!(a.payload, b.payload);
 }
+
+#[test]
+fn an_injected_announcement_of_an_unauthorized_service_gains_nothing() {
+    let mut w = world();
+    // A valid service the policy does not let receive the name; the router injects its announcement.
+    let (evil_key, evil_ann, _) = receiver(&w.ca, "evil");
+    let mut directory = w.receivers.clone();
+    directory.push(evil_ann);
+    let picked = super::select_receivers(&["todos".into(), "audit".into()], &directory);
+    assert_eq!(picked, w.receivers);
+    let sealed = w.sealer.seal(header("todos.create"), &picked, 1, b"secret", now_ms()).unwrap();
+    assert!(sealed.grants.iter().all(|g| g.service != "evil"));
+    let mut evil = Opener::new(
+        evil_key,
+        "spiffe://example.org/svc/evil",
+        w.ca.anchors(),
+        web_may_send,
+        OpenerConfig::default(),
+    );
+    let mut d = deliver(&sealed, "todos", true);
+    assert!(matches!(evil.open(&d, now_ms()), Err(OpenError::BadGrant(E2eError::NotForUs(_)))));
+    d.grant = Bytes::new();
+    assert!(matches!(evil.open(&d, now_ms()), Err(OpenError::NoGrant)));
+}
