@@ -252,6 +252,29 @@ mod tests {
     }
 
     #[test]
+    fn revoked_certificates_are_refused() {
+        let (ca, id, key) = setup();
+        let other = ca.identity("audit");
+        let now = now_ms();
+        let serial = |i: &SigningIdentity| {
+            let (_, cert) = x509_parser::parse_x509_certificate(&i.chain()[0]).unwrap();
+            cert.raw_serial().to_vec()
+        };
+        let anchors = ca.anchors().with_crls_pem(ca.crl_pem(&[serial(&id)]).as_bytes()).unwrap();
+        let revoked = announce(&id, &key, "i-1", now, WEEK).unwrap();
+        assert!(matches!(
+            verify_announcement(&revoked, &anchors, now),
+            Err(E2eError::Certificate(m)) if m.contains("Revoked")
+        ));
+        let fine = announce(&other, &key, "i-1", now, WEEK).unwrap();
+        verify_announcement(&fine, &anchors, now).unwrap();
+        // CRLs configured but none from this leaf's issuer: unknown status is refused.
+        let foreign = TestCa::new("other");
+        let anchors = ca.anchors().with_crls_pem(foreign.crl_pem(&[]).as_bytes()).unwrap();
+        assert!(verify_announcement(&fine, &anchors, now).is_err());
+    }
+
+    #[test]
     fn every_tampered_byte_is_refused() {
         let (ca, id, key) = setup();
         let now = now_ms();

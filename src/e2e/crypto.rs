@@ -26,9 +26,10 @@ impl hkdf::KeyType for Len {
 
 /// HKDF-SHA256 (RFC 5869) with `info` the concatenation of `info` parts.
 pub(crate) fn hkdf<const N: usize>(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> [u8; N] {
+    const { assert!(N <= 255 * 32, "HKDF-SHA256 output is at most 8160 bytes") };
     let mut out = [0u8; N];
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
-    // Only fails when N > 255 * 32, which no caller asks for.
+    // expand/fill fail only for lengths over 255 * 32, ruled out above.
     if let Ok(okm) = prk.expand(info, Len(N)) {
         let _ = okm.fill(&mut out);
     }

@@ -33,6 +33,27 @@ impl TestCa {
         Self { issuer }
     }
 
+    /// A CRL (PEM) revoking the certificates with these serial numbers.
+    pub(crate) fn crl_pem(&self, serials: &[Vec<u8>]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: OffsetDateTime::now_utc() - Duration::hours(1),
+            next_update: OffsetDateTime::now_utc() + Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: OffsetDateTime::now_utc() - Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
     pub(crate) fn anchors(&self) -> TrustAnchors {
         TrustAnchors::from_der(&[self.issuer.der().clone()]).unwrap()
     }

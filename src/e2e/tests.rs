@@ -560,3 +560,13 @@ fn an_injected_announcement_of_an_unauthorized_service_gains_nothing() {
     d.grant = Bytes::new();
     assert!(matches!(evil.open(&d, now_ms()), Err(OpenError::NoGrant)));
 }
+
+#[test]
+fn the_relay_can_share_sealer_and_opener_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Sealer>();
+    send_sync::<Opener>();
+    send_sync::<ReplySealer>();
+    send_sync::<ReplyOpener>();
+    send_sync::<super::Prepared>();
+}
