@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`keys`] | a service's static X25519 receive key and its files |
 //! | [`identity`] | this instance's certificate + key; pinned CA, CRLs, SPIFFE checks |
-//! | [`announce`] | signed key announcements: make, verify, pick receivers |
+//! | [`mod@announce`] | signed key announcements: make, verify, pick receivers |
 //! | [`grant`] | a sender key wrapped to one receiving service, signed |
 //! | [`seal`] | the sender: epochs, sender keys, sealing, per-service tags |
 //! | [`open`] | the receiver: grants, tags, AEAD, sender checks, replay, expiry |

@@ -570,3 +570,35 @@ fn the_relay_can_share_sealer_and_opener_across_threads() {
     send_sync::<ReplyOpener>();
     send_sync::<super::Prepared>();
 }
+
+mod no_panic_on_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parsers_return_errors_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), cut in 0usize..600) {
+            let ca = TestCa::new("ca");
+            let _ = verify_announcement(&bytes, &ca.anchors(), now_ms());
+            let limits = OpenLimits { max_age_ms: 1000, skew_ms: 0 };
+            let _ = grant::open(&bytes, &[ReceiveKey::from_secret([1; 32])], TODOS, &ca.anchors(), now_ms(), limits);
+            let _ = payload::decode(&bytes);
+            let mut opener = Opener::new(ReceiveKey::from_secret([1; 32]), TODOS, ca.anchors(), web_may_send, OpenerConfig::default());
+            let split = cut.min(bytes.len());
+            let d = Deliver {
+                header: Bytes::copy_from_slice(&bytes[..split]),
+                payload: Bytes::copy_from_slice(&bytes[split..]),
+                sender_id: WEB.into(),
+                grant: Bytes::copy_from_slice(&bytes),
+                auth_tag: Bytes::copy_from_slice(&bytes[..split.min(16)]),
+                ..Default::default()
+            };
+            prop_assert!(opener.open(&d, now_ms()).is_err());
+            let mut replies = ReplyOpener::new(ReplyKey::from_bytes([2; 32]), Bytes::from_static(&[0; 16]));
+            prop_assert!(replies.open(&d, now_ms()).is_err());
+        }
+    }
+}
