@@ -602,3 +602,21 @@ mod no_panic_on_input {
         }
     }
 }
+
+#[test]
+fn sender_reply_and_grant_keys_have_no_path_to_disk() {
+    // Sender keys, auth keys, reply keys and unwrapped grants live in these
+    // modules only; none of them may touch the file system or print.
+    for (file, text) in [
+        ("seal.rs", include_str!("seal.rs")),
+        ("open.rs", include_str!("open.rs")),
+        ("grant.rs", include_str!("grant.rs")),
+        ("reply.rs", include_str!("reply.rs")),
+        ("crypto.rs", include_str!("crypto.rs")),
+        ("payload.rs", include_str!("payload.rs")),
+    ] {
+        for banned in ["std::fs", "File::", "OpenOptions", "println!", "eprintln!", "dbg!"] {
+            assert!(!text.contains(banned), "{file} mentions {banned}");
+        }
+    }
+}
