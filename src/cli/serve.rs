@@ -1,10 +1,277 @@
-//! `exocom serve`. (Stub.)
+//! `exocom serve`: run the router.
+//!
+//! Settings come from a TOML file (`--config`) and flags, flags winning.
+//! Everything is parsed and checked before anything is bound; a bad setting
+//! exits with code 64 and one line saying which and why.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::audit::{self, AuditConfig, FsyncPolicy};
+use crate::cli::exit;
+use crate::policy::Policy;
+use crate::router::{Router, RouterConfig};
+use crate::tls::{self, ServerFiles};
 
 /// Arguments of `exocom serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+///
+/// Example, with the development certificates and the todo policy:
+///
+///   exocom serve --ca certs-example/ca.pem --cert certs-example/router/cert.pem \
+///     --key certs-example/router/key.pem --policy policy/todo.toml --audit-log data/audit.jsonl
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with the settings below (flags override it). Relative
+    /// paths in it are relative to the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// CA bundle that client certificates must chain to.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// The router's certificate (chain).
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// The router's private key.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// A certificate revocation list; repeat for several.
+    #[arg(long = "crl", value_name = "PEM")]
+    pub crls: Vec<PathBuf>,
+    /// The policy file.
+    #[arg(long, value_name = "TOML")]
+    pub policy: Option<PathBuf>,
+    /// Where to write the audit log (JSON lines) [default: no audit log].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Ed25519 key (PKCS#8 PEM) that signs audit checkpoints, e.g.
+    /// certs-example/audit/key.pem. Without it checkpoints are unsigned.
+    #[arg(long, value_name = "PEM")]
+    pub audit_key: Option<PathBuf>,
+    /// When the audit log is fsynced.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub audit_fsync: Option<AuditFsync>,
+    /// Keep routing when the audit log cannot be written (default: refuse
+    /// new sends until it can). The choice is itself recorded in the log.
+    #[arg(long)]
+    pub audit_fail_open: bool,
+    /// Directory for durable queues [default: memory only].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame: Option<usize>,
+}
+
+/// When the audit log is fsynced.
+#[derive(Clone, Copy, Debug, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFsync {
+    /// After every batch, before sends are acknowledged (strictest).
+    Batch,
+    /// Every 50 ms (default).
+    Interval,
+    /// Leave it to the kernel (still fsynced at rotation and shutdown).
+    Never,
+}
+
+/// The settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
+    policy: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    audit_key: Option<PathBuf>,
+    audit_fsync: Option<AuditFsync>,
+    #[serde(default)]
+    audit_fail_open: bool,
+    data_dir: Option<PathBuf>,
+    max_frame: Option<usize>,
+}
+
+/// Settings after merging file and flags.
+#[derive(Debug)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS files.
+    pub tls: ServerFiles,
+    /// Policy file.
+    pub policy: PathBuf,
+    /// Audit log path.
+    pub audit_log: Option<PathBuf>,
+    /// Audit checkpoint signing key.
+    pub audit_key: Option<PathBuf>,
+    /// Audit fsync policy.
+    pub audit_fsync: AuditFsync,
+    /// Keep routing when the audit log fails.
+    pub audit_fail_open: bool,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Largest frame.
+    pub max_frame: usize,
+}
+
+/// Merges the settings file and the flags; errors name the missing setting.
+pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut f: FileSettings =
+                toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            let rel = |p: &mut Option<PathBuf>| {
+                if let Some(x) = p.as_mut()
+                    && x.is_relative()
+                {
+                    *x = base.join(&*x);
+                }
+            };
+            rel(&mut f.ca);
+            rel(&mut f.cert);
+            rel(&mut f.key);
+            rel(&mut f.policy);
+            rel(&mut f.audit_log);
+            rel(&mut f.audit_key);
+            rel(&mut f.data_dir);
+            f.crl = f.crl.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
+            f
+        }
+        None => FileSettings::default(),
+    };
+    let need = |v: Option<PathBuf>, what: &str| {
+        v.with_context(|| format!("missing setting: --{what} (or `{what}` in --config)"))
+    };
+    Ok(Settings {
+        listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
+        tls: ServerFiles {
+            ca: need(args.ca.or(file.ca), "ca")?,
+            cert: need(args.cert.or(file.cert), "cert")?,
+            key: need(args.key.or(file.key), "key")?,
+            crls: if args.crls.is_empty() { file.crl } else { args.crls },
+            trust_domain: None,
+        },
+        policy: need(args.policy.or(file.policy), "policy")?,
+        audit_log: args.audit_log.or(file.audit_log),
+        audit_key: args.audit_key.or(file.audit_key),
+        audit_fsync: args.audit_fsync.or(file.audit_fsync).unwrap_or(AuditFsync::Interval),
+        audit_fail_open: args.audit_fail_open || file.audit_fail_open,
+        data_dir: args.data_dir.or(file.data_dir),
+        max_frame: args.max_frame.or(file.max_frame).unwrap_or(crate::wire::DEFAULT_MAX_FRAME),
+    })
+}
 
 /// Runs the router until SIGINT/SIGTERM.
-pub fn run(_args: ServeArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let settings = match settings(args) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let policy = match Policy::from_file(&settings.policy) {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("error: policy {} is invalid:\n{err}", settings.policy.display());
+            return Ok(exit::USAGE);
+        }
+    };
+    let tls = match tls::server_config(&settings.tls) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(settings, policy, tls))
+}
+
+async fn serve(settings: Settings, policy: Policy, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<i32> {
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let mut config = RouterConfig::new(settings.listen, tls, policy);
+    config.limits.max_frame = settings.max_frame;
+    let mut audit_task = None;
+    if let Some(path) = &settings.audit_log {
+        let mut ac = AuditConfig::new(path.clone());
+        ac.signing_key = settings.audit_key.clone();
+        ac.fail_open = settings.audit_fail_open;
+        ac.fsync = match settings.audit_fsync {
+            AuditFsync::Batch => FsyncPolicy::EveryBatch,
+            AuditFsync::Interval => FsyncPolicy::Interval(std::time::Duration::from_millis(50)),
+            AuditFsync::Never => FsyncPolicy::Never,
+        };
+        if ac.signing_key.is_none() {
+            tracing::warn!("no --audit-key: audit checkpoints are unsigned");
+        }
+        match audit::start(ac, shutdown.clone()) {
+            Ok((handle, task)) => {
+                config.audit = handle;
+                audit_task = Some(task);
+            }
+            Err(err) => {
+                eprintln!("error: audit log {}: {err}", path.display());
+                return Ok(exit::USAGE);
+            }
+        }
+    } else {
+        tracing::warn!("no --audit-log: routing is not audited");
+    }
+    let router = match Router::bind(config).await {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(exit::ERROR);
+        }
+    };
+    let addr = router.local_addr()?;
+    tracing::info!(%addr, policy = %settings.policy.display(), "router listening");
+    if let Some(p) = &settings.audit_log {
+        tracing::info!(audit_log = %p.display(), "audit log");
+    }
+    let task = tokio::spawn(router.run(shutdown));
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    trigger.trigger();
+    task.await??;
+    if let Some(t) = audit_task {
+        let _ = t.await;
+    }
+    Ok(exit::OK)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

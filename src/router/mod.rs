@@ -1,1 +1,219 @@
-//! The router. (Stub.)
+//! The router: accepts mTLS connections from relays, checks every send and
+//! delivery against the policy, routes by message name, queues for offline
+//! services, tracks replies, and audits routing metadata.
+//!
+//! Its parts: [`connection`] (handshake, `Hello`, per-connection reading and
+//! batched writing, the send check), [`core`] (the one task that owns routing
+//! state), [`message`] (what an accepted message is), [`keys`] (the key
+//! directory). It must never import `e2e`: it moves sealed payloads as opaque
+//! bytes and holds no key that could open them.
+//!
+//! ```no_run
+//! # async fn demo(config: exocom::router::RouterConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! let (trigger, shutdown) = exocom::shutdown::channel();
+//! let router = exocom::router::Router::bind(config).await?;
+//! println!("listening on {}", router.local_addr()?);
+//! tokio::spawn(router.run(shutdown));
+//! // … later
+//! trigger.trigger();
+//! # Ok(()) }
+//! ```
+
+pub mod connection;
+pub mod core;
+pub mod keys;
+pub mod message;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+
+use crate::audit::AuditHandle;
+use crate::policy::Policy;
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+use crate::wire::DEFAULT_MAX_FRAME;
+
+pub use self::core::CoreConfig;
+
+/// Why the router could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be read at start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored message could not be restored.
+    #[error("stored message is corrupt: {0}")]
+    Restore(#[from] message::HeaderError),
+}
+
+/// Connection-level limits.
+#[derive(Clone, Debug)]
+pub struct RouterLimits {
+    /// Largest frame accepted, in bytes.
+    pub max_frame: usize,
+    /// Most connections at once (handshakes included).
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed between the handshake and `Hello`.
+    pub hello_timeout: Duration,
+    /// Frames that may wait in one connection's outbox.
+    pub outbox: usize,
+    /// How long a closing connection may take to write what it has queued.
+    pub drain_timeout: Duration,
+    /// Commands that may wait for the routing core.
+    pub core_queue: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+            outbox: 8192,
+            drain_timeout: Duration::from_secs(5),
+            core_queue: 8192,
+        }
+    }
+}
+
+/// Everything the router runs with. Parse and check all of it before
+/// binding anything.
+pub struct RouterConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS (from [`crate::tls::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The policy in force; swapped atomically on reload.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The audit log.
+    pub audit: AuditHandle,
+    /// Where queued messages are kept.
+    pub store: Arc<Store>,
+    /// Connection limits.
+    pub limits: RouterLimits,
+    /// Queue and delivery settings.
+    pub core: CoreConfig,
+}
+
+impl RouterConfig {
+    /// A configuration with default limits, no audit log and a memory store.
+    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>, policy: Policy) -> Self {
+        RouterConfig {
+            listen,
+            tls,
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            audit: AuditHandle::disabled(),
+            store: Arc::new(Store::Memory),
+            limits: RouterLimits::default(),
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// A bound router, ready to run.
+pub struct Router {
+    listener: TcpListener,
+    config: RouterConfig,
+}
+
+impl Router {
+    /// Binds the listen address (port 0 picks a free port).
+    pub async fn bind(config: RouterConfig) -> Result<Router, RouterError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| RouterError::Bind { addr: config.listen, source })?;
+        Ok(Router { listener, config })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting, lets connections
+    /// write what they have queued, and returns.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), RouterError> {
+        let Router { listener, config } = self;
+        let mut core =
+            core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core);
+        let restored = core.restore(config.store.load()?)?;
+        if restored > 0 {
+            info!(messages = restored, "restored queued messages from the store");
+        }
+        let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue);
+        let core_task = tokio::spawn(core::run(core, core_rx, shutdown.clone()));
+        let shared = Arc::new(connection::Shared {
+            policy: config.policy,
+            audit: config.audit,
+            core: core_tx,
+            limits: config.limits.clone(),
+            keys: keys::KeyDirectory::default(),
+            next_conn: AtomicU64::new(1),
+        });
+        let acceptor = TlsAcceptor::from(config.tls);
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut tasks = JoinSet::new();
+        let mut stop = shutdown.clone();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stop.wait() => break,
+            };
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => { backoff = Duration::from_millis(10); x }
+                    Err(err) => {
+                        // Out of file descriptors and the like: wait, never spin or panic.
+                        warn!(error = %err, "accept failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                _ = stop.wait() => break,
+            };
+            let fut = connection::serve(tcp, remote, acceptor.clone(), shared.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+        info!("shutting down: no new connections; draining");
+        drop(listener);
+        let grace = config.limits.drain_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            warn!("connections still open after the grace period; closing them");
+            tasks.abort_all();
+        }
+        drop(shared);
+        if let Err(err) = core_task.await {
+            error!(error = %err, "routing core failed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,424 @@
+//! One relay connection: the TLS handshake, `Hello`, then reading frames
+//! and handing them to the core, while a writer task batches outgoing frames.
+//!
+//! Everything a peer can get wrong ends here with an error frame and, where
+//! the connection cannot go on, a close: a failed handshake, a missing or
+//! foreign `Hello`, a malformed or oversized frame. It never panics on input
+//! and never affects another connection. It checks each send against the
+//! policy before the core sees it, so the core only routes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::RouterLimits;
+use super::core::{Command, ConnHandle, Outbound};
+use super::keys::KeyDirectory;
+use super::message::{Message, Sender, now_ms};
+use crate::audit::{self, AuditHandle, Event, Record};
+use crate::policy::Policy;
+use crate::shutdown::Shutdown;
+use crate::tls;
+use crate::wire::{
+    self, Accepted, Body, ConnectionError, Error, ErrorCode, Frame, FrameError, FrameReader, FrameWriter,
+    Kind, PROTOCOL_VERSION, Pong, Welcome,
+};
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub audit: AuditHandle,
+    pub core: mpsc::Sender<Command>,
+    pub limits: RouterLimits,
+    pub keys: KeyDirectory,
+    pub next_conn: AtomicU64,
+}
+
+type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
+    let span = info_span!("conn", peer.addr = %remote, peer.id = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                let reason = tls::handshake_failure_reason(&err);
+                warn!(reason, detail = %tls::handshake_failure_detail(&err), "TLS handshake refused");
+                handshake_failed(&shared.audit, remote, reason);
+                return;
+            }
+            Err(_) => {
+                warn!("TLS handshake timed out");
+                handshake_failed(&shared.audit, remote, "timeout");
+                return;
+            }
+        };
+        let identity = match tls::peer_identity(tls.get_ref().1) {
+            Ok(id) => id,
+            Err(err) => {
+                warn!(error = %err, "peer identity refused");
+                handshake_failed(&shared.audit, remote, "bad_identity");
+                return;
+            }
+        };
+        tracing::Span::current().record("peer.id", identity.uri.as_str());
+        let (rd, wr) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(rd, shared.limits.max_frame);
+        let mut writer = FrameWriter::new(wr);
+        let Some(sender) = greet(&mut reader, &mut writer, &shared, &identity.uri, remote).await else {
+            let _ = writer.shutdown().await;
+            return;
+        };
+        info!(service = %sender.service, instance = %sender.instance, "connected");
+        run(reader, writer, sender, remote, shared, shutdown).await;
+    }
+    .instrument(span)
+    .await
+}
+
+fn handshake_failed(audit: &AuditHandle, remote: SocketAddr, reason: &'static str) {
+    let mut r = Record::new(Event::HandshakeFailed);
+    r.remote = Some(remote);
+    r.reason = Some(Arc::from(reason));
+    r.decision = Some(audit::Decision::Deny);
+    let _ = audit.record(r);
+}
+
+fn error_frame(corr: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame { body: Some(Body::Error(Error { corr, code: code as i32, message: message.into() })) }
+}
+
+/// Reads `Hello`, maps the certificate identity to a policy service, answers `Welcome`.
+async fn greet(
+    reader: &mut Reader,
+    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    shared: &Shared,
+    uri: &str,
+    remote: SocketAddr,
+) -> Option<Sender> {
+    let refuse = |code, text: String| error_frame(0, code, text);
+    let hello = match tokio::time::timeout(shared.limits.hello_timeout, reader.read_frame()).await {
+        Ok(Ok(Some(Frame { body: Some(Body::Hello(h)) }))) => h,
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(_))) => {
+            let _ = writer
+                .write_frame(&refuse(ErrorCode::ProtocolViolation, "the first frame must be Hello".into()))
+                .await;
+            return None;
+        }
+        Ok(Err(err)) => {
+            let _ = writer.write_frame(&frame_error_reply(&err)).await;
+            return None;
+        }
+        Err(_) => {
+            debug!("no Hello in time");
+            return None;
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        let text = format!(
+            "protocol version {} is not supported; this router speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        );
+        let _ = writer.write_frame(&refuse(ErrorCode::UnsupportedProtocol, text)).await;
+        return None;
+    }
+    let policy = shared.policy.load();
+    let Some(service) = policy.service_for_identity(uri) else {
+        warn!(identity = uri, "identity is not a service in the policy");
+        let mut r = Record::new(Event::Deny);
+        r.sender = Some(Arc::from(uri));
+        r.remote = Some(remote);
+        r.reason = Some(Arc::from("unknown_identity"));
+        r.decision = Some(audit::Decision::Deny);
+        let _ = shared.audit.record(r);
+        let text = format!("identity {uri} is not a service in the router's policy");
+        let _ = writer.write_frame(&refuse(ErrorCode::UnknownIdentity, text)).await;
+        return None;
+    };
+    let instance = if hello.instance.is_empty() || hello.instance.len() > 64 {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        hello.instance
+    };
+    let sender = Sender {
+        service: Arc::from(service),
+        identity: Arc::from(uri),
+        instance: Arc::from(instance),
+        conn: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+    };
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        identity: uri.to_string(),
+        service: service.to_string(),
+        max_frame: shared.limits.max_frame as u64,
+        router: format!("exocom/{}", env!("CARGO_PKG_VERSION")),
+    };
+    if writer.write_frame(&Frame { body: Some(Body::Welcome(welcome)) }).await.is_err() {
+        return None;
+    }
+    Some(sender)
+}
+
+fn frame_error_reply(err: &ConnectionError) -> Frame {
+    match err {
+        ConnectionError::Frame(FrameError::TooLarge { .. }) => {
+            error_frame(0, ErrorCode::FrameTooLarge, err.to_string())
+        }
+        _ => error_frame(0, ErrorCode::MalformedFrame, err.to_string()),
+    }
+}
+
+async fn run(
+    mut reader: Reader,
+    writer: FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    sender: Sender,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) {
+    let conn = sender.conn;
+    let (out_tx, out_rx) = mpsc::channel(shared.limits.outbox);
+    let kill = Arc::new(Notify::new());
+    let mut write_task = tokio::spawn(write_loop(writer, out_rx).in_current_span());
+    let handle = ConnHandle { sender: sender.clone(), remote, out: out_tx.clone(), kill: kill.clone() };
+    if shared.core.send(Command::Connect(handle)).await.is_err() {
+        return;
+    }
+    let mut r = Record::new(Event::Connect);
+    r.sender = Some(sender.service.clone());
+    r.sender_instance = Some(sender.instance.clone());
+    r.remote = Some(remote);
+    r.decision = Some(audit::Decision::Allow);
+    let _ = shared.audit.record(r);
+
+    let reason = loop {
+        tokio::select! {
+            _ = shutdown.wait() => break "router shutting down",
+            _ = kill.notified() => break "closed by router (not reading)",
+            _ = &mut write_task => break "write side closed",
+            frame = reader.read_frame() => match frame {
+                Ok(Some(frame)) => {
+                    if let Err(why) = handle_frame(frame, &sender, &shared, &out_tx).await {
+                        break why;
+                    }
+                }
+                Ok(None) => break "peer closed",
+                Err(ConnectionError::Io(err)) => {
+                    debug!(error = %err, "read failed");
+                    break "read failed";
+                }
+                Err(err) => {
+                    warn!(error = %err, "bad frame; closing this connection");
+                    let _ = out_tx.send(Outbound::Frame(frame_error_reply(&err))).await;
+                    break "bad frame";
+                }
+            },
+        }
+    };
+    debug!(reason, "connection ending");
+    let _ = shared.core.send(Command::Disconnect { conn }).await;
+    if shutdown.is_shutdown() {
+        let _ = out_tx
+            .send(Outbound::Frame(error_frame(0, ErrorCode::ShuttingDown, "router shutting down")))
+            .await;
+    }
+    drop(out_tx);
+    // The writer ends once the core has dropped its copy of the outbox and
+    // everything queued is written; bound the wait.
+    if !write_task.is_finished() {
+        let _ = tokio::time::timeout(shared.limits.drain_timeout, &mut write_task).await;
+        write_task.abort();
+    }
+    let mut r = Record::new(Event::Disconnect);
+    r.sender = Some(sender.service.clone());
+    r.sender_instance = Some(sender.instance.clone());
+    r.remote = Some(remote);
+    r.reason = Some(Arc::from(reason));
+    let _ = shared.audit.record(r);
+    info!(reason, "disconnected");
+}
+
+/// Handles one frame; `Err` closes the connection with that reason.
+async fn handle_frame(
+    frame: Frame,
+    sender: &Sender,
+    shared: &Shared,
+    out: &mpsc::Sender<Outbound>,
+) -> Result<(), &'static str> {
+    let conn = sender.conn;
+    let cmd = match frame.body {
+        Some(Body::Send(send)) => match check_send(send, sender, shared) {
+            Ok(cmd) => cmd,
+            Err(frame) => {
+                return out.send(Outbound::Frame(*frame)).await.map_err(|_| "write side closed");
+            }
+        },
+        Some(Body::Subscribe(s)) => {
+            Command::Subscribe { conn, subscriptions: s.subscriptions, prefetch: s.prefetch }
+        }
+        Some(Body::Ack(a)) => Command::Ack { conn, tags: a.tags },
+        Some(Body::Nack(n)) => Command::Nack { conn, tag: n.tag, requeue: n.requeue },
+        Some(Body::Ping(p)) => {
+            let pong = Frame { body: Some(Body::Pong(Pong { nonce: p.nonce })) };
+            return out.send(Outbound::Frame(pong)).await.map_err(|_| "write side closed");
+        }
+        Some(Body::Pong(_)) => return Ok(()),
+        Some(Body::Announce(a)) => {
+            shared.keys.announce(&sender.service, &sender.instance, a.announcement, &shared.audit);
+            return Ok(());
+        }
+        Some(Body::KeyQuery(q)) => {
+            let dir = shared.keys.query(&q.services);
+            let frame = Frame { body: Some(Body::KeyDirectory(dir)) };
+            return out.send(Outbound::Frame(frame)).await.map_err(|_| "write side closed");
+        }
+        _ => {
+            let frame =
+                error_frame(0, ErrorCode::ProtocolViolation, "this frame is not one a relay may send here");
+            let _ = out.send(Outbound::Frame(frame)).await;
+            return Err("protocol violation");
+        }
+    };
+    shared.core.send(cmd).await.map_err(|_| "router core stopped")
+}
+
+/// Checks a `Send` against the header rules, the audit log's health and the
+/// policy. Returns the command for the core, or the error frame to answer.
+fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Command, Box<Frame>> {
+    let corr = send.corr;
+    let msg = Message::from_send(send.header, send.payload, sender.clone(), now_ms())
+        .map_err(|err| Box::new(error_frame(corr, ErrorCode::InvalidHeader, err.to_string())))?;
+    if !shared.audit.is_available() {
+        return Err(Box::new(error_frame(
+            corr,
+            ErrorCode::AuditUnavailable,
+            "audit log unavailable; the router refuses new sends",
+        )));
+    }
+    let policy = shared.policy.load();
+    let decision = policy.check_send(&sender.service, &msg.name, msg.version);
+    if !decision.allowed {
+        super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |_| {});
+        let text =
+            format!("{} may not send {} (v{}): {}", sender.service, msg.name, msg.version, decision.rule);
+        return Err(Box::new(error_frame(corr, ErrorCode::Denied, text)));
+    }
+    let limits = policy.limits(&sender.service, &msg.name);
+    if let Some(max) = limits.max_size
+        && msg.payload.len() as u64 > max
+    {
+        super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
+            r.reason = Some(Arc::from("too_large"))
+        });
+        let text =
+            format!("{} bytes exceeds the policy's limit of {max} bytes for {}", msg.payload.len(), msg.name);
+        return Err(Box::new(error_frame(corr, ErrorCode::MessageTooLarge, text)));
+    }
+    let msg = Arc::new(msg);
+    if msg.kind == Kind::Reply {
+        return Ok(Command::Reply { msg, corr, tags: send.tags });
+    }
+    let receivers = policy.receivers(&msg.name, msg.version);
+    let mut record = Record::new(Event::Send);
+    fill(&mut record, &msg, &decision.rule);
+    let ticket = shared.audit.record(record).map_err(|_| {
+        Box::new(error_frame(
+            corr,
+            ErrorCode::AuditUnavailable,
+            "audit log unavailable; the router refuses new sends",
+        ))
+    })?;
+    Ok(Command::Route { msg, corr, receivers, tags: send.tags, grants: send.grants, audit: Some(ticket) })
+}
+
+fn fill(r: &mut Record, msg: &Message, rule: &Arc<str>) {
+    r.id = Some(msg.id);
+    r.name = Some(msg.name.clone());
+    r.version = Some(msg.version);
+    r.origin_id = msg.origin_id;
+    r.sender = Some(msg.sender.service.clone());
+    r.sender_instance = Some(msg.sender.instance.clone());
+    r.rule = Some(rule.clone());
+    r.bytes = Some(msg.payload.len() as u64);
+    r.decision = Some(audit::Decision::Allow);
+}
+
+type PendingFrame = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// The writer: batches frames into as few writes as possible; `Accepted`
+/// frames wait, in order, for their audit and store writes.
+async fn write_loop(
+    mut writer: FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    mut rx: mpsc::Receiver<Outbound>,
+) -> Result<(), ConnectionError> {
+    const BATCH_BYTES: usize = 256 * 1024;
+    let mut pending: FuturesOrdered<PendingFrame> = FuturesOrdered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some(frame) = pending.next(), if !pending.is_empty() => writer.push(&frame),
+            out = rx.recv(), if open => match out {
+                Some(out) => push(&mut writer, &mut pending, out),
+                None => open = false,
+            },
+        }
+        while writer.pending() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(out) => push(&mut writer, &mut pending, out),
+                Err(_) => break,
+            }
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
+}
+
+fn push(
+    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    pending: &mut FuturesOrdered<PendingFrame>,
+    out: Outbound,
+) {
+    match out {
+        Outbound::Frame(frame) => writer.push(&frame),
+        Outbound::Accept { corr, receivers, durable: None } if pending.is_empty() => {
+            writer.push(&accepted(corr, receivers))
+        }
+        Outbound::Accept { corr, receivers, durable } => pending.push_back(Box::pin(async move {
+            match durable {
+                None => accepted(corr, receivers),
+                Some(d) => match d.await {
+                    Ok(()) => accepted(corr, receivers),
+                    Err(code) => {
+                        error_frame(corr, code, "the message could not be made durable; it was not accepted")
+                    }
+                },
+            }
+        })),
+    }
+}
+
+fn accepted(corr: u64, receivers: u32) -> Frame {
+    Frame { body: Some(Body::Accepted(Accepted { corr, receivers })) }
+}
