@@ -67,6 +67,8 @@ struct Draft {
     rules: ServiceRules,
     id_span: Range<usize>,
     key_span: Range<usize>,
+    /// Whether the table has `send` or `receive` at all (even if invalid).
+    declares_rules: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -96,7 +98,7 @@ impl<'a> Cx<'a> {
         let denies = self.denies(root, &names);
         for draft in &drafts {
             self.shadowed(&draft.rules, &denies);
-            if draft.rules.send.is_empty() && draft.rules.receive.is_empty() {
+            if !draft.declares_rules {
                 self.warn(
                     draft.key_span.clone(),
                     format!(
@@ -222,6 +224,7 @@ impl<'a> Cx<'a> {
             rules: ServiceRules { name: Arc::from(name), id, send, receive, max_size, rate, location },
             id_span,
             key_span,
+            declares_rules: table.contains_key("send") || table.contains_key("receive"),
         })
     }
 
