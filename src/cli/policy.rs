@@ -27,6 +27,8 @@ pub enum PolicyCmd {
     ///
     /// Exit 0 when the send is allowed (and, with --receiver, delivered to
     /// that service), 3 when denied.
+    // `--version` is the message's API version here, not the program's.
+    #[command(disable_version_flag = true)]
     Explain {
         /// The policy file.
         file: PathBuf,
@@ -36,7 +38,7 @@ pub enum PolicyCmd {
         /// The message name.
         #[arg(long)]
         name: String,
-        /// The message version.
+        /// The message's API version.
         #[arg(long, default_value_t = 1)]
         version: u32,
         /// Only this receiving service.
@@ -136,6 +138,50 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
                 Err(e) => Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn explain_takes_a_message_version() {
+        let cli = Cli::try_parse_from([
+            "exocom",
+            "policy",
+            "explain",
+            "p.toml",
+            "--sender",
+            "web",
+            "--name",
+            "a.b",
+            "--version",
+            "3",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCmd::Explain { version, .. }) = cli.command else { panic!("not explain") };
+        assert_eq!(version, 3);
+    }
+
+    #[test]
+    fn every_policy_subcommand_parses() {
+        for args in [
+            &["exocom", "policy", "check", "p.toml"][..],
+            &["exocom", "policy", "diff", "a.toml", "b.toml", "--json"],
+            &["exocom", "policy", "test", "policy/"],
+            &["exocom", "policy", "sign", "p.toml", "--key", "k.pem"],
+            &["exocom", "policy", "verify", "p.toml", "--pubkey", "a.pem", "--pubkey", "b.pem"],
+        ] {
+            Cli::try_parse_from(args).unwrap();
+        }
+        assert!(
+            Cli::try_parse_from(["exocom", "policy", "verify", "p.toml"]).is_err(),
+            "--pubkey is required"
+        );
     }
 }
 
