@@ -141,50 +141,6 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    #[test]
-    fn explain_takes_a_message_version() {
-        let cli = Cli::try_parse_from([
-            "exocom",
-            "policy",
-            "explain",
-            "p.toml",
-            "--sender",
-            "web",
-            "--name",
-            "a.b",
-            "--version",
-            "3",
-        ])
-        .unwrap();
-        let Command::Policy(PolicyCmd::Explain { version, .. }) = cli.command else { panic!("not explain") };
-        assert_eq!(version, 3);
-    }
-
-    #[test]
-    fn every_policy_subcommand_parses() {
-        for args in [
-            &["exocom", "policy", "check", "p.toml"][..],
-            &["exocom", "policy", "diff", "a.toml", "b.toml", "--json"],
-            &["exocom", "policy", "test", "policy/"],
-            &["exocom", "policy", "sign", "p.toml", "--key", "k.pem"],
-            &["exocom", "policy", "verify", "p.toml", "--pubkey", "a.pem", "--pubkey", "b.pem"],
-        ] {
-            Cli::try_parse_from(args).unwrap();
-        }
-        assert!(
-            Cli::try_parse_from(["exocom", "policy", "verify", "p.toml"]).is_err(),
-            "--pubkey is required"
-        );
-    }
-}
-
 fn check(file: &Path) -> anyhow::Result<i32> {
     match Policy::from_file(file) {
         Ok(p) => {
@@ -265,4 +221,48 @@ fn test(path: &Path) -> anyhow::Result<i32> {
         println!("total: {} passed, {failed} failed", total - failed);
     }
     Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn explain_takes_a_message_version() {
+        let cli = Cli::try_parse_from([
+            "exocom",
+            "policy",
+            "explain",
+            "p.toml",
+            "--sender",
+            "web",
+            "--name",
+            "a.b",
+            "--version",
+            "3",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCmd::Explain { version, .. }) = cli.command else { panic!("not explain") };
+        assert_eq!(version, 3);
+    }
+
+    #[test]
+    fn every_policy_subcommand_parses() {
+        for args in [
+            &["exocom", "policy", "check", "p.toml"][..],
+            &["exocom", "policy", "diff", "a.toml", "b.toml", "--json"],
+            &["exocom", "policy", "test", "policy/"],
+            &["exocom", "policy", "sign", "p.toml", "--key", "k.pem"],
+            &["exocom", "policy", "verify", "p.toml", "--pubkey", "a.pem", "--pubkey", "b.pem"],
+        ] {
+            Cli::try_parse_from(args).unwrap();
+        }
+        assert!(
+            Cli::try_parse_from(["exocom", "policy", "verify", "p.toml"]).is_err(),
+            "--pubkey is required"
+        );
+    }
 }
