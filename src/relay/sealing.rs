@@ -105,6 +105,8 @@ struct KeyBook {
     verified: HashMap<Bytes, VerifiedAnnouncement>,
     refused: HashSet<Bytes>,
     last_query_ms: u64,
+    /// When the last directory arrived (0: none yet).
+    answered_ms: u64,
 }
 
 impl fmt::Debug for E2e {
@@ -303,6 +305,7 @@ impl PayloadCodec for E2e {
         }
         // We always ask for every service, so the answer replaces what we had.
         book.verified = verified;
+        book.answered_ms = now.max(1);
         drop(book);
         self.updates.send_modify(|n| *n += 1);
     }
@@ -315,7 +318,10 @@ impl PayloadCodec for E2e {
             return None;
         }
         let mut book = lock(&self.keys);
-        if now.saturating_sub(book.last_query_ms) < MISSING_KEY_QUERY_MS {
+        // A fresh answer says the key is not there; an outstanding query
+        // (e.g. the one sent at connect) is worth waiting for.
+        let outstanding = book.last_query_ms > book.answered_ms;
+        if !outstanding && now.saturating_sub(book.answered_ms) < MISSING_KEY_QUERY_MS {
             return None;
         }
         book.last_query_ms = now;
