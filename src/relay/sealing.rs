@@ -40,7 +40,7 @@ const ANNOUNCE_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Re-announce once half of that has passed.
 const REANNOUNCE_AFTER_MS: u64 = 12 * 3600 * 1000;
 /// A send that lacks a key asks the router again at most this often.
-const MISSING_KEY_QUERY_MS: u64 = 1000;
+const MISSING_KEY_QUERY_MS: u64 = 250;
 /// Refused announcements remembered (so junk is not verified again and again).
 const MAX_REFUSED: usize = 1024;
 
