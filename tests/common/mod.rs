@@ -272,9 +272,11 @@ impl ServeProcess {
             .env("EXOCOM_LOG", "warn")
             .spawn()
             .unwrap();
+        // Owned by the guard from here on, so every path kills and reaps it.
+        let process = ServeProcess { child, addr };
         for _ in 0..200 {
             if TcpStream::connect(addr).await.is_ok() {
-                return ServeProcess { child, addr };
+                return process;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
