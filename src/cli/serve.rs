@@ -167,6 +167,15 @@ async fn serve(settings: Settings, policy: Policy, tls: Arc<rustls::ServerConfig
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut config = RouterConfig::new(settings.listen, tls, policy);
     config.limits.max_frame = settings.max_frame;
+    if let Some(dir) = &settings.data_dir {
+        match crate::store::Store::open(dir) {
+            Ok(store) => config.store = Arc::new(store),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Ok(exit::ERROR);
+            }
+        }
+    }
     let router = match Router::bind(config).await {
         Ok(r) => r,
         Err(err) => {
