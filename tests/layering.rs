@@ -6,7 +6,8 @@
 use std::path::Path;
 
 const ROUTER_SIDE: &[&str] = &["src/router", "src/policy", "src/audit", "src/store"];
-const FORBIDDEN: &[&str] = &["crate::e2e", "super::e2e", "exocom::e2e", "chacha20poly1305", "x25519_dalek", "mod e2e"];
+const FORBIDDEN: &[&str] =
+    &["crate::e2e", "super::e2e", "exocom::e2e", "chacha20poly1305", "x25519_dalek", "mod e2e"];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -30,7 +30,14 @@ fn header() -> RoutingHeader {
 fn vectors() -> Vec<(&'static str, Bytes)> {
     let f = |body| to_bytes(&Frame { body: Some(body) });
     vec![
-        ("hello", f(Body::Hello(Hello { protocol: 1, instance: "i-1".into(), client: "exocom-relay/0.1.0".into() }))),
+        (
+            "hello",
+            f(Body::Hello(Hello {
+                protocol: 1,
+                instance: "i-1".into(),
+                client: "exocom-relay/0.1.0".into(),
+            })),
+        ),
         ("routing-header", encode_header(&header())),
         (
             "send",
@@ -96,7 +103,8 @@ fn documented_vectors_match_this_build() {
     if std::env::var_os("EXOCOM_PRINT_VECTORS").is_some() {
         for (name, bytes) in &ours {
             let h = hex::encode(bytes);
-            let wrapped: Vec<&str> = h.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+            let wrapped: Vec<&str> =
+                h.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
             println!("<!-- vector: {name} -->\n```hex\n{}\n```\n", wrapped.join("\n"));
         }
     }

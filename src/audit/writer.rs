@@ -1,0 +1,941 @@
+//! The writer task: the only code that appends to the audit log.
+//!
+//! Callers push [`Record`]s into a bounded queue through an [`AuditHandle`]
+//! without blocking or awaiting (a std mutex held for a `Vec::push`, then a
+//! `Notify`). The task takes everything queued, serializes it into one buffer
+//! (sequence numbers, times, hash chain, checkpoints), makes one `write(2)`,
+//! fsyncs per [`FsyncPolicy`], and only then resolves the batch's [`Ticket`]s.
+//! File I/O runs on the blocking pool so it never stalls the runtime.
+//!
+//! It must never let a line go missing from the chain silently: when a write
+//! fails the file is cut back to the last whole batch, the batch's tickets
+//! fail, new records are refused (fail closed, the default), and the task
+//! retries with backoff; once writing works again it writes an `audit_gap`
+//! line saying how many records were lost, since when and why, then a
+//! checkpoint.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use super::chain::{self, ChainState};
+use super::checkpoint::Signer;
+use super::record::{Event, LineOut, Record, WriterFields};
+use super::segment;
+use super::{AuditConfig, AuditError, FsyncPolicy};
+use crate::shutdown::Shutdown;
+
+/// First retry delay after a failed write.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How much of a file's end is read to find its last line when resuming.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// Starts the writer task. Opens (or continues) the log at `config.path`,
+/// writes `log_start` and a checkpoint, and returns the handle callers record
+/// through. On shutdown the task drains the queue, writes `log_stop` and a
+/// final checkpoint, fsyncs and ends.
+///
+/// Must be called inside a Tokio runtime.
+pub fn start(
+    config: AuditConfig,
+    shutdown: Shutdown,
+) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditError> {
+    let writer = Writer::open(&config)?;
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue { records: Vec::new(), next: 0 }),
+        notify: Notify::new(),
+        available: AtomicBool::new(true),
+        closed: AtomicBool::new(false),
+        fail_open: config.fail_open,
+        queue_limit: config.queue_limit.max(1),
+        dropped: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        settled: Mutex::new(Settled::default()),
+        stats: Stats::default(),
+    });
+    let task = tokio::spawn(run(writer, shared.clone(), shutdown, config.checkpoint_interval));
+    Ok((AuditHandle { shared: Some(shared) }, task))
+}
+
+/// Where callers send records. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditHandle {
+    shared: Option<Arc<Shared>>,
+}
+
+impl AuditHandle {
+    /// A handle that records nothing (benchmarks with the audit log off).
+    pub fn disabled() -> AuditHandle {
+        AuditHandle { shared: None }
+    }
+
+    /// Queues a record. Never blocks or awaits. The ticket resolves once the
+    /// batch holding it is written (and fsynced, with [`FsyncPolicy::EveryBatch`]).
+    ///
+    /// Fails with [`AuditError::Unavailable`] when failing closed (the log
+    /// cannot be written, the queue is over its limit, or the writer has
+    /// stopped), and with [`AuditError::Reserved`] for writer-only events.
+    /// When failing open, a record that cannot be queued is dropped and
+    /// counted, and its ticket resolves `Ok` so traffic continues; the drop
+    /// is written to the log as an `audit_gap`.
+    pub fn record(&self, rec: Record) -> Result<Ticket, AuditError> {
+        if rec.event.is_reserved() {
+            return Err(AuditError::Reserved(rec.event));
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(Ticket::ready(Ok(())));
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(AuditError::Unavailable);
+        }
+        if !shared.available.load(Ordering::Acquire) && !shared.fail_open {
+            return Err(AuditError::Unavailable);
+        }
+        let mut queue = lock(&shared.queue);
+        if queue.records.len() >= shared.queue_limit {
+            drop(queue);
+            return if shared.fail_open {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.notify.notify_one();
+                Ok(Ticket::ready(Ok(())))
+            } else {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                shared.notify.notify_one();
+                Err(AuditError::Unavailable)
+            };
+        }
+        let n = queue.next;
+        queue.next += 1;
+        queue.records.push(rec);
+        drop(queue);
+        shared.notify.notify_one();
+        Ok(Ticket { state: TicketState::Pending { n, shared: shared.clone() } })
+    }
+
+    /// Whether records are being accepted (false while failing closed or after shutdown).
+    pub fn is_available(&self) -> bool {
+        match &self.shared {
+            None => true,
+            Some(s) => {
+                !s.closed.load(Ordering::Acquire) && (s.fail_open || s.available.load(Ordering::Acquire))
+            }
+        }
+    }
+
+    /// Counters of what the writer has done so far.
+    pub fn stats(&self) -> WriterStats {
+        match &self.shared {
+            None => WriterStats::default(),
+            Some(s) => s.stats.snapshot(),
+        }
+    }
+}
+
+/// Counters of the writer, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// `write(2)` calls that succeeded (one per batch, plus rotation).
+    pub writes: u64,
+    /// Lines written, including the writer's own (checkpoints, ...).
+    pub lines: u64,
+    /// Caller records written.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// fsync calls.
+    pub fsyncs: u64,
+    /// Batches that could not be written.
+    pub failed_batches: u64,
+    /// Files rotated.
+    pub rotations: u64,
+}
+
+/// Resolves when the batch holding a record has been written. Dropping it is fine.
+#[derive(Debug)]
+pub struct Ticket {
+    state: TicketState,
+}
+
+#[derive(Debug)]
+enum TicketState {
+    Ready(Option<Result<(), AuditError>>),
+    Pending { n: u64, shared: Arc<Shared> },
+}
+
+impl Ticket {
+    fn ready(result: Result<(), AuditError>) -> Ticket {
+        Ticket { state: TicketState::Ready(Some(result)) }
+    }
+}
+
+impl std::future::Future for Ticket {
+    type Output = Result<(), AuditError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            TicketState::Ready(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            TicketState::Pending { n, shared } => {
+                let mut settled = lock(&shared.settled);
+                if *n < settled.upto {
+                    let failed = settled.failed.iter().any(|r| r.contains(n));
+                    return Poll::Ready(if failed { Err(AuditError::Unavailable) } else { Ok(()) });
+                }
+                if settled.closed {
+                    return Poll::Ready(Err(AuditError::Unavailable));
+                }
+                if !settled.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    settled.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// State shared by the handles and the task.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// False while the log cannot be written.
+    available: AtomicBool,
+    /// True once the task has ended.
+    closed: AtomicBool,
+    fail_open: bool,
+    queue_limit: usize,
+    /// Fail-open records dropped at `record` and not yet reported in the log.
+    dropped: AtomicU64,
+    /// Fail-closed records refused for a full queue and not yet reported.
+    refused: AtomicU64,
+    settled: Mutex<Settled>,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct Queue {
+    records: Vec<Record>,
+    /// Queue number of the next record pushed; a batch is a contiguous range of these.
+    next: u64,
+}
+
+#[derive(Debug, Default)]
+struct Settled {
+    /// Every record numbered below this has been written or has failed.
+    upto: u64,
+    /// Numbers of records that failed (merged ranges, one per outage).
+    failed: Vec<Range<u64>>,
+    wakers: Vec<Waker>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    writes: AtomicU64,
+    lines: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    failed_batches: AtomicU64,
+    rotations: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> WriterStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            writes: get(&self.writes),
+            lines: get(&self.lines),
+            records: get(&self.records),
+            bytes: get(&self.bytes),
+            fsyncs: get(&self.fsyncs),
+            failed_batches: get(&self.failed_batches),
+            rotations: get(&self.rotations),
+        }
+    }
+}
+
+/// Locks a mutex; a poisoned one is still consistent here (every critical section is a push or a swap).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn take(&self) -> (Vec<Record>, Range<u64>) {
+        let mut queue = lock(&self.queue);
+        let records = std::mem::take(&mut queue.records);
+        let end = queue.next;
+        let start = end - records.len() as u64;
+        (records, start..end)
+    }
+
+    /// Resolves the tickets of `range`.
+    fn settle(&self, range: Range<u64>, ok: bool) {
+        let wakers = {
+            let mut settled = lock(&self.settled);
+            if !ok && !range.is_empty() {
+                match settled.failed.last_mut() {
+                    Some(last) if last.end == range.start => last.end = range.end,
+                    _ => settled.failed.push(range.clone()),
+                }
+            }
+            settled.upto = settled.upto.max(range.end);
+            std::mem::take(&mut settled.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let wakers = {
+            let mut settled = lock(&self.settled);
+            settled.closed = true;
+            std::mem::take(&mut settled.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// What one trip to the blocking pool writes.
+#[derive(Debug, Default)]
+struct Job {
+    records: Vec<Record>,
+    /// Write a checkpoint at the end (timer).
+    checkpoint: bool,
+    /// Fail-open drops to report.
+    dropped: u64,
+    /// Fail-closed refusals to report.
+    refused: u64,
+    /// Shutdown: write `log_stop` and a final checkpoint, fsync.
+    stop: bool,
+}
+
+impl Job {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && !self.checkpoint && self.dropped == 0 && self.refused == 0 && !self.stop
+    }
+}
+
+/// An outage in progress.
+#[derive(Debug)]
+struct Failure {
+    since: String,
+    reason: String,
+    lost: u64,
+}
+
+/// The file side of the writer; lives on the blocking pool during each write.
+#[derive(Debug)]
+struct Writer {
+    path: PathBuf,
+    file: Option<File>,
+    /// Length of the file after the last whole batch; a failed write is cut back to it.
+    good_len: u64,
+    /// Segment number of the active file.
+    segment: u64,
+    opened: Instant,
+    chain: ChainState,
+    signer: Option<Signer>,
+    checkpoint_every: u64,
+    fsync: FsyncPolicy,
+    rotate_bytes: Option<u64>,
+    rotate_interval: Option<Duration>,
+    fail_open: bool,
+    buf: Vec<u8>,
+    last_fsync: Instant,
+    unsynced: bool,
+    last_checkpoint: Instant,
+    /// File name of the previous segment, while the active file still lacks its `segment_start`.
+    pending_segment_start: Option<String>,
+    failure: Option<Failure>,
+    stats: WriterStats,
+}
+
+/// The last line of an existing file, as far as resuming needs it.
+#[derive(Deserialize)]
+struct TailLine {
+    seq: u64,
+    event: String,
+}
+
+impl Writer {
+    fn open(config: &AuditConfig) -> Result<Writer, AuditError> {
+        let path = config.path.clone();
+        let io = |source| AuditError::Io { path: path.clone(), source };
+        if path.file_name().is_none() {
+            return Err(AuditError::Path(path, "not a file name"));
+        }
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let signer = match &config.signing_key {
+            Some(key) => Some(Signer::from_pem_file(key)?),
+            None => None,
+        };
+        let rotated = segment::rotated(&path).map_err(io)?;
+        let active_len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(e)),
+        };
+        let mut notes = Vec::new();
+        let mut pending_segment_start = None;
+        let tail = if active_len > 0 {
+            let (tail, torn) = read_tail(&path, true)?;
+            if torn > 0 {
+                notes.push(format!("cut {torn} bytes of a torn last line"));
+            }
+            tail
+        } else if let Some((_, last)) = rotated.last() {
+            pending_segment_start = last.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+            read_tail(last, false)?.0
+        } else {
+            None
+        };
+        let chain = match &tail {
+            Some((line, hash)) => {
+                if line.event != Event::LogStop.as_str() && line.event != Event::AuditCheckpoint.as_str() {
+                    notes.push("the previous run ended without log_stop".to_owned());
+                }
+                ChainState { seq: line.seq, head: *hash, since_checkpoint: 0 }
+            }
+            None => ChainState::genesis(),
+        };
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let good_len = file.metadata().map_err(io)?.len();
+        let now = Instant::now();
+        let mut writer = Writer {
+            path: path.clone(),
+            file: Some(file),
+            good_len,
+            segment: rotated.last().map_or(1, |(n, _)| n + 1),
+            opened: now,
+            chain,
+            signer,
+            checkpoint_every: config.checkpoint_every.max(1),
+            fsync: config.fsync,
+            rotate_bytes: config.rotate_bytes,
+            rotate_interval: config.rotate_interval,
+            fail_open: config.fail_open,
+            buf: Vec::with_capacity(64 * 1024),
+            last_fsync: now,
+            unsynced: false,
+            last_checkpoint: now,
+            pending_segment_start,
+            failure: None,
+            stats: WriterStats::default(),
+        };
+        let mut start = Record::new(Event::LogStart);
+        if !notes.is_empty() {
+            start.reason = Some(notes.join("; ").into());
+        }
+        writer.write_start(start).map_err(io)?;
+        Ok(writer)
+    }
+
+    /// Writes `log_start` and a checkpoint (and the pending `segment_start`).
+    fn write_start(&mut self, start: Record) -> std::io::Result<()> {
+        let mut chain = self.chain;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.push_segment_start(&mut buf, &mut chain);
+        let fields = WriterFields {
+            segment: Some(self.segment),
+            fail_open: Some(self.fail_open),
+            ..WriterFields::default()
+        };
+        self.push(&mut buf, &mut chain, &start, &fields);
+        self.push_checkpoint(&mut buf, &mut chain);
+        let result = self.commit(&buf, chain);
+        self.buf = buf;
+        if result.is_ok() {
+            self.pending_segment_start = None;
+            self.sync()?;
+        }
+        result
+    }
+
+    /// Serializes one line into `buf` and advances `chain`.
+    fn push(&self, buf: &mut Vec<u8>, chain: &mut ChainState, rec: &Record, fields: &WriterFields<'_>) {
+        let start = buf.len();
+        let time = now_rfc3339();
+        let prev = chain::to_hex(&chain.head);
+        let line = LineOut {
+            seq: chain.seq + 1,
+            time: &time,
+            record: rec,
+            writer: fields,
+            prev: std::str::from_utf8(&prev).unwrap_or_default(),
+        };
+        if let Err(err) = serde_json::to_writer(&mut *buf, &line) {
+            // Every field is a plain string, number or enum; this cannot happen,
+            // but a half-written line must never stay in the buffer.
+            tracing::error!(%err, "audit line did not serialize");
+            buf.truncate(start);
+            return;
+        }
+        chain.head = chain::seal(buf, start);
+        chain.seq += 1;
+        chain.since_checkpoint += 1;
+    }
+
+    fn push_checkpoint(&self, buf: &mut Vec<u8>, chain: &mut ChainState) {
+        let seq = chain.seq + 1;
+        let count = chain.seq;
+        let sig = self.signer.as_ref().map(|s| s.sign(seq, &chain.head, count));
+        let fields = WriterFields {
+            count: Some(count),
+            key: self.signer.as_ref().map(Signer::key_id),
+            sig: sig.as_deref(),
+            ..WriterFields::default()
+        };
+        self.push(buf, chain, &Record::new(Event::AuditCheckpoint), &fields);
+        chain.since_checkpoint = 0;
+    }
+
+    fn push_segment_start(&self, buf: &mut Vec<u8>, chain: &mut ChainState) {
+        if let Some(file) = &self.pending_segment_start {
+            let fields =
+                WriterFields { segment: Some(self.segment), file: Some(file), ..WriterFields::default() };
+            self.push(buf, chain, &Record::new(Event::SegmentStart), &fields);
+        }
+    }
+
+    /// Writes a batch. On failure the file is cut back and the outage recorded.
+    fn write_job(&mut self, job: &Job) -> std::io::Result<()> {
+        let mut chain = self.chain;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.push_segment_start(&mut buf, &mut chain);
+        let recovering = self.failure.is_some();
+        if let Some(failure) = &self.failure {
+            let lost = failure.lost + job.dropped;
+            let mode = if self.fail_open { "fail-open" } else { "fail-closed" };
+            let rec =
+                Record::new(Event::AuditGap).reason(format!("{mode}: log unwritable: {}", failure.reason));
+            let fields =
+                WriterFields { dropped: Some(lost), since: Some(&failure.since), ..WriterFields::default() };
+            self.push(&mut buf, &mut chain, &rec, &fields);
+        } else if job.dropped > 0 {
+            let rec = Record::new(Event::AuditGap)
+                .reason("fail-open: records dropped because the audit queue was over its limit");
+            let fields = WriterFields { dropped: Some(job.dropped), ..WriterFields::default() };
+            self.push(&mut buf, &mut chain, &rec, &fields);
+        }
+        if job.refused > 0 {
+            let rec = Record::new(Event::Alert).reason(format!(
+                "{} records refused: audit queue over its limit (failing closed)",
+                job.refused
+            ));
+            self.push(&mut buf, &mut chain, &rec, &WriterFields::default());
+        }
+        let none = WriterFields::default();
+        for rec in &job.records {
+            self.push(&mut buf, &mut chain, rec, &none);
+            if chain.since_checkpoint >= self.checkpoint_every {
+                self.push_checkpoint(&mut buf, &mut chain);
+            }
+        }
+        if job.stop {
+            self.push(&mut buf, &mut chain, &Record::new(Event::LogStop), &none);
+        }
+        // Heartbeat checkpoints are written also when nothing happened (so silence
+        // differs from a cut tail), but never twice in a row within one batch.
+        let just_sealed = chain.since_checkpoint == 0 && !buf.is_empty();
+        if (job.checkpoint || job.stop || recovering) && !just_sealed {
+            self.push_checkpoint(&mut buf, &mut chain);
+        }
+        let written = self.commit(&buf, chain);
+        self.buf = buf;
+        match written {
+            Ok(()) => {
+                self.pending_segment_start = None;
+                self.failure = None;
+                self.stats.records += job.records.len() as u64;
+            }
+            Err(err) => {
+                self.fail(&err, job.records.len() as u64 + job.dropped);
+                return Err(err);
+            }
+        }
+        let sync_now = match self.fsync {
+            FsyncPolicy::EveryBatch => true,
+            FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if sync_now || job.stop {
+            if let Err(err) = self.sync() {
+                self.fail(&err, 0);
+                return Err(err);
+            }
+        }
+        if !job.stop && self.rotate_due(Instant::now()) {
+            if let Err(err) = self.rotate() {
+                tracing::warn!(path = %self.path.display(), %err, "audit rotation failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, err: &std::io::Error, lost: u64) {
+        self.stats.failed_batches += 1;
+        let failure = self.failure.get_or_insert_with(|| Failure {
+            since: now_rfc3339(),
+            reason: err.to_string(),
+            lost: 0,
+        });
+        failure.lost += lost;
+    }
+
+    /// One `write(2)` of `buf`; on success `chain` becomes the writer's chain.
+    fn commit(&mut self, buf: &[u8], chain: ChainState) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.ensure_open()?;
+        let result = file.write_all(buf);
+        if let Err(err) = result {
+            // Cut back a partial write so the file always ends in a whole line.
+            if let Some(file) = &self.file
+                && let Err(trunc) = file.set_len(self.good_len)
+            {
+                tracing::warn!(%trunc, "audit log could not be cut back after a failed write");
+                self.file = None;
+            }
+            return Err(err);
+        }
+        self.good_len += buf.len() as u64;
+        let lines = chain.seq - self.chain.seq;
+        // Without a checkpoint in `buf` the count since the last one only grows.
+        if chain.since_checkpoint != self.chain.since_checkpoint + lines {
+            self.last_checkpoint = Instant::now();
+        }
+        self.chain = chain;
+        self.unsynced = true;
+        self.stats.writes += 1;
+        self.stats.lines += lines;
+        self.stats.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    fn ensure_open(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let len = file.metadata()?.len();
+            if len > self.good_len {
+                file.set_len(self.good_len)?;
+            }
+            self.good_len = self.good_len.min(len);
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => Ok(file),
+            None => Err(std::io::Error::other("audit log not open")),
+        }
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+            self.stats.fsyncs += 1;
+        }
+        self.unsynced = false;
+        self.last_fsync = Instant::now();
+        Ok(())
+    }
+
+    /// When an interval fsync is due, if one is pending.
+    fn fsync_due(&self) -> Option<Instant> {
+        match self.fsync {
+            FsyncPolicy::Interval(every) if self.unsynced => Some(self.last_fsync + every),
+            _ => None,
+        }
+    }
+
+    fn rotate_due(&self, now: Instant) -> bool {
+        self.rotate_bytes.is_some_and(|max| self.good_len >= max)
+            || self.rotate_interval.is_some_and(|age| now >= self.opened + age)
+    }
+
+    /// Seals the active file with a checkpoint, renames it to its numbered
+    /// name and starts the next file with `segment_start`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut chain = self.chain;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if chain.since_checkpoint > 0 {
+            self.push_checkpoint(&mut buf, &mut chain);
+        }
+        let sealed = self.commit(&buf, chain);
+        self.buf = buf;
+        sealed?;
+        self.sync()?;
+        let target = segment::rotated_name(&self.path, self.segment);
+        if target.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists", target.display()),
+            ));
+        }
+        std::fs::rename(&self.path, &target)?;
+        self.file = None;
+        self.good_len = 0;
+        self.segment += 1;
+        self.opened = Instant::now();
+        self.stats.rotations += 1;
+        self.pending_segment_start = target.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+        let mut chain = self.chain;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.push_segment_start(&mut buf, &mut chain);
+        let started = self.commit(&buf, chain);
+        self.buf = buf;
+        started?;
+        self.pending_segment_start = None;
+        self.sync()
+    }
+
+    fn publish_stats(&mut self, stats: &Stats) {
+        let s = std::mem::take(&mut self.stats);
+        stats.writes.fetch_add(s.writes, Ordering::Relaxed);
+        stats.lines.fetch_add(s.lines, Ordering::Relaxed);
+        stats.records.fetch_add(s.records, Ordering::Relaxed);
+        stats.bytes.fetch_add(s.bytes, Ordering::Relaxed);
+        stats.fsyncs.fetch_add(s.fsyncs, Ordering::Relaxed);
+        stats.failed_batches.fetch_add(s.failed_batches, Ordering::Relaxed);
+        stats.rotations.fetch_add(s.rotations, Ordering::Relaxed);
+    }
+}
+
+/// Reads the last whole line of `path` and its hash. With `repair`, a torn
+/// (newline-less) tail left by a crash mid-write is cut off; returns how many bytes were cut.
+#[allow(clippy::type_complexity)]
+fn read_tail(path: &Path, repair: bool) -> Result<(Option<(TailLine, [u8; 32])>, u64), AuditError> {
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
+    let resume = |reason: String| AuditError::Resume { path: path.to_owned(), reason };
+    let mut file = OpenOptions::new().read(true).write(repair).open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let from = len.saturating_sub(TAIL_WINDOW);
+    file.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(io)?;
+    let mut torn = 0;
+    if tail.last() != Some(&b'\n') {
+        let keep = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if keep == 0 && from > 0 {
+            return Err(resume("last line longer than 1 MiB".into()));
+        }
+        if !repair {
+            return Err(resume("file does not end with a whole line".into()));
+        }
+        torn = (tail.len() - keep) as u64;
+        tail.truncate(keep);
+        file.set_len(from + keep as u64).map_err(io)?;
+    }
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok((None, torn));
+    };
+    let line = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+    let (_, hash) = chain::split(line).map_err(|e| resume(format!("last line: {e}")))?;
+    if chain::hash_body(chain::split(line).map(|(b, _)| b).unwrap_or_default()) != hash {
+        return Err(resume("last line does not match its hash".into()));
+    }
+    let parsed: TailLine = serde_json::from_slice(line).map_err(|e| resume(format!("last line: {e}")))?;
+    Ok((Some((parsed, hash)), torn))
+}
+
+/// Now as RFC 3339 UTC with nanoseconds.
+pub(crate) fn now_rfc3339() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// A time as RFC 3339 UTC with nine fraction digits.
+pub(crate) fn format_time(t: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_default()
+}
+
+/// Runs `job` on the blocking pool; gives the writer back (None if the pool lost it).
+async fn write_blocking(mut writer: Writer, job: Job) -> Option<(Writer, std::io::Result<()>, Job)> {
+    tokio::task::spawn_blocking(move || {
+        let result = writer.write_job(&job);
+        (writer, result, job)
+    })
+    .await
+    .ok()
+}
+
+async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, interval: Duration) {
+    let interval = interval.max(Duration::from_millis(1));
+    let mut backoff = MIN_BACKOFF;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let mut deadline = writer.last_checkpoint + interval;
+        if let Some(t) = writer.fsync_due() {
+            deadline = deadline.min(t);
+        }
+        if let Some(age) = writer.rotate_interval {
+            deadline = deadline.min(writer.opened + age);
+        }
+        if let Some(t) = retry_at {
+            deadline = deadline.min(t);
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            () = shared.notify.notified() => {}
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        let (records, range) = shared.take();
+        if retry_at.is_some_and(|t| now < t) {
+            // Still backing off: these records cannot be written.
+            if let Some(failure) = &mut writer.failure {
+                failure.lost += records.len() as u64;
+            }
+            shared.settle(range, shared.fail_open);
+            continue;
+        }
+        let job = Job {
+            records,
+            checkpoint: now >= writer.last_checkpoint + interval,
+            dropped: shared.dropped.swap(0, Ordering::Relaxed),
+            refused: shared.refused.swap(0, Ordering::Relaxed),
+            stop: false,
+        };
+        let fsync_due = writer.fsync_due().is_some_and(|t| now >= t);
+        let rotate_due = writer.rotate_due(now);
+        if job.is_empty() && writer.failure.is_none() && !rotate_due {
+            if fsync_due && let Err(err) = writer.sync() {
+                tracing::warn!(%err, "audit fsync failed");
+            }
+            continue;
+        }
+        let recovering = writer.failure.is_some();
+        let Some((w, result, job)) = write_blocking(writer, job).await else {
+            tracing::error!("audit writer lost its file handle; closing the audit log");
+            shared.available.store(false, Ordering::Release);
+            shared.close();
+            return;
+        };
+        writer = w;
+        writer.publish_stats(&shared.stats);
+        match result {
+            Ok(()) => {
+                shared.settle(range, true);
+                if recovering {
+                    tracing::warn!(path = %writer.path.display(), "audit log writable again");
+                }
+                shared.available.store(true, Ordering::Release);
+                retry_at = None;
+                backoff = MIN_BACKOFF;
+            }
+            Err(err) => {
+                shared.refused.fetch_add(job.refused, Ordering::Relaxed);
+                shared.available.store(false, Ordering::Release);
+                shared.settle(range, shared.fail_open);
+                tracing::error!(path = %writer.path.display(), %err, fail_open = shared.fail_open, "audit log write failed");
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    // Shutdown: drain, log_stop, final checkpoint.
+    let (records, range) = shared.take();
+    let job = Job {
+        records,
+        checkpoint: true,
+        dropped: shared.dropped.swap(0, Ordering::Relaxed),
+        refused: shared.refused.swap(0, Ordering::Relaxed),
+        stop: true,
+    };
+    match write_blocking(writer, job).await {
+        Some((mut w, result, _)) => {
+            w.publish_stats(&shared.stats);
+            if let Err(err) = &result {
+                tracing::error!(%err, "audit log could not be closed cleanly");
+            }
+            shared.settle(range, result.is_ok() || shared.fail_open);
+        }
+        None => shared.settle(range, false),
+    }
+    shared.close();
+    // Records that raced the close cannot be written any more.
+    let (_, range) = shared.take();
+    shared.settle(range, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::GENESIS;
+
+    #[test]
+    fn times_have_nanoseconds_and_utc() {
+        let t = time::macros::datetime!(2026-11-22 10:00:01.5 UTC);
+        assert_eq!(format_time(t), "2026-11-22T10:00:01.500000000Z");
+    }
+
+    #[tokio::test]
+    async fn disabled_handle_accepts_and_records_nothing() {
+        let handle = AuditHandle::disabled();
+        let ticket = handle.record(Record::new(Event::Send)).unwrap();
+        assert!(ticket.await.is_ok());
+        assert!(handle.is_available());
+        assert_eq!(handle.stats(), WriterStats::default());
+    }
+
+    #[tokio::test]
+    async fn reserved_events_are_refused() {
+        let handle = AuditHandle::disabled();
+        assert!(matches!(
+            handle.record(Record::new(Event::AuditCheckpoint)),
+            Err(AuditError::Reserved(Event::AuditCheckpoint))
+        ));
+    }
+
+    #[tokio::test]
+    async fn resumes_the_chain_after_a_restart_and_cuts_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        for _ in 0..2 {
+            let (trigger, shutdown) = crate::shutdown::channel();
+            let (handle, task) = start(AuditConfig::new(&path), shutdown).unwrap();
+            handle.record(Record::new(Event::Send).name("a.b")).unwrap().await.unwrap();
+            trigger.trigger();
+            task.await.unwrap();
+            // A crash mid-write leaves half a line.
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(b"{\"seq\":99,\"ti").unwrap();
+        }
+        let (_, shutdown) = crate::shutdown::channel();
+        let (_handle, _task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.ends_with("\"}")), "{text}");
+        let mut prev = hex::encode(GENESIS);
+        for (i, line) in lines.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["seq"].as_u64().unwrap(), i as u64 + 1);
+            assert_eq!(v["prev"].as_str().unwrap(), prev);
+            prev = v["hash"].as_str().unwrap().to_owned();
+        }
+        assert!(text.contains("torn last line"));
+    }
+}

@@ -1,0 +1,595 @@
+//! The connection task: the one task that owns the connection to the router.
+//!
+//! It dials (through a [`Connector`]: TLS in production, an in-memory pipe
+//! in tests), says `Hello`, waits for `Welcome`, subscribes with every
+//! handler's names and versions, and re-sends what was in flight. Then it
+//! reads frames and takes commands from the relay handle and the handler
+//! tasks; a writer task batches outgoing frames into few writes. When the
+//! connection drops it reconnects with jittered exponential backoff, forever,
+//! until shutdown. On shutdown it stops taking deliveries, waits (bounded)
+//! for running handlers so their acks go out, and closes.
+//!
+//! It never runs user code itself (handlers get their own tasks) and never
+//! blocks on a channel a user drains: reply buffers are written with
+//! `try_send`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::codec::SealedPayload;
+use super::dedup::{DedupWindow, MessageId, Verdict};
+use super::error::{Error, ErrorKind};
+use super::handler::{HandlerFn, HandlerTable, Incoming, Responder};
+use super::request::Reply;
+use super::shared::{Command, SessionInfo, SessionState, Shared};
+use crate::shutdown::Shutdown;
+use crate::wire::frame::decode_header;
+use crate::wire::{
+    Ack, Body, ConnectionError, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind,
+    Nack, PROTOCOL_VERSION, Pong, RoutingHeader, Send, Subscribe, Welcome,
+};
+
+/// Opens byte streams to the router.
+pub(crate) trait Connector: std::marker::Send + Sync + 'static {
+    /// The stream type (a TLS stream in production).
+    type Stream: AsyncRead + AsyncWrite + std::marker::Send + Unpin + 'static;
+
+    /// Opens one stream.
+    fn connect(&self) -> impl Future<Output = Result<Self::Stream, Error>> + std::marker::Send;
+}
+
+/// Dials the router over TCP and TLS 1.3 with our client certificate.
+#[derive(Clone)]
+pub(crate) struct TlsConnector {
+    pub(crate) addr: String,
+    pub(crate) server_name: rustls_pki_types::ServerName<'static>,
+    pub(crate) config: Arc<rustls::ClientConfig>,
+}
+
+impl Connector for TlsConnector {
+    type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+    async fn connect(&self) -> Result<Self::Stream, Error> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| Error::from_io(&format!("connecting to {}", self.addr), e))?;
+        // Small frames (acks, replies) must not wait for Nagle; batching is ours.
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        tls.connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| Error::from_io(&format!("TLS handshake with {}", self.addr), e))
+    }
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Shutdown: do not reconnect.
+    Closed,
+    /// The connection failed: reconnect.
+    Lost(Error),
+}
+
+/// A connection that has been welcomed.
+struct Session<S> {
+    reader: FrameReader<ReadHalf<S>>,
+    writer: FrameWriter<WriteHalf<S>>,
+    welcome: Welcome,
+}
+
+/// A send written (or to be written) to the router, kept until answered so
+/// it can be re-sent, with the same message id, after a reconnect.
+struct PendingSend {
+    header: Bytes,
+    sealed: SealedPayload,
+    done: oneshot::Sender<Result<u32, Error>>,
+}
+
+/// The task's state.
+pub(crate) struct ConnectionTask<C> {
+    pub(crate) connector: C,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handlers: Arc<HandlerTable>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) state: watch::Sender<SessionState>,
+    pub(crate) shutdown: Shutdown,
+    generation: u64,
+    next_corr: u64,
+    inflight: BTreeMap<u64, PendingSend>,
+    dedup: DedupWindow,
+    backoff: Backoff,
+    acks: Vec<u64>,
+}
+
+impl<C: Connector> ConnectionTask<C> {
+    pub(crate) fn new(
+        connector: C,
+        shared: Arc<Shared>,
+        handlers: Arc<HandlerTable>,
+        commands: mpsc::Receiver<Command>,
+        state: watch::Sender<SessionState>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let s = &shared.settings;
+        let dedup = DedupWindow::new(s.dedup_capacity, s.dedup_max_age);
+        let backoff = Backoff::new(s.reconnect_base, s.reconnect_cap);
+        Self {
+            connector,
+            shared,
+            handlers,
+            commands,
+            state,
+            shutdown,
+            generation: 0,
+            next_corr: 1,
+            inflight: BTreeMap::new(),
+            dedup,
+            backoff,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Runs until shutdown. `first` learns how the first attempt went (when
+    /// the caller waits for it).
+    pub(crate) async fn run(mut self, mut first: Option<oneshot::Sender<Result<(), Error>>>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if shutdown.is_shutdown() {
+                break;
+            }
+            let attempt = tokio::select! {
+                attempt = self.open_session() => attempt,
+                () = shutdown.wait() => break,
+            };
+            match attempt {
+                Ok(session) => {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    let started = Instant::now();
+                    match self.serve(session).await {
+                        SessionEnd::Closed => break,
+                        SessionEnd::Lost(err) => {
+                            tracing::warn!(error = %err, "connection to the router lost; reconnecting");
+                            // A session that dies at once must not reset the
+                            // backoff, or a flapping router gets hammered.
+                            if started.elapsed() >= Duration::from_secs(1) {
+                                self.backoff.reset();
+                            }
+                            self.publish_down(&err);
+                        }
+                    }
+                }
+                Err(err) => {
+                    if let Some(tx) = first.take() {
+                        self.publish_down(&err);
+                        self.close_all();
+                        let _ = tx.send(Err(err));
+                        return;
+                    }
+                    tracing::warn!(error = %err, "cannot connect to the router; retrying");
+                    self.publish_down(&err);
+                }
+            }
+            let delay = self.backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.wait() => break,
+            }
+        }
+        self.close_all();
+    }
+
+    async fn open_session(&mut self) -> Result<Session<C::Stream>, Error> {
+        let timeout = self.shared.settings.connect_timeout;
+        let handshake = async {
+            let stream = self.connector.connect().await?;
+            let (r, w) = tokio::io::split(stream);
+            let mut reader = FrameReader::new(r, DEFAULT_MAX_FRAME);
+            let mut writer = FrameWriter::new(w);
+            let hello = Hello {
+                protocol: PROTOCOL_VERSION,
+                instance: self.shared.instance.clone(),
+                client: self.shared.settings.client_name.clone(),
+            };
+            writer
+                .write_frame(&Frame { body: Some(Body::Hello(hello)) })
+                .await
+                .map_err(|e| Error::from_connection("sending Hello", e))?;
+            let welcome = match reader.read_frame().await {
+                Ok(Some(Frame { body: Some(Body::Welcome(w)) })) => w,
+                Ok(Some(Frame { body: Some(Body::Error(e)) })) => {
+                    return Err(Error::from_code(e.code, &e.message));
+                }
+                Ok(Some(_)) => {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "the router answered Hello with an unexpected frame",
+                    ));
+                }
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        "the router closed the connection during the handshake",
+                    ));
+                }
+                Err(e) => return Err(Error::from_connection("waiting for Welcome", e)),
+            };
+            Ok(Session { reader, writer, welcome })
+        };
+        tokio::time::timeout(timeout, handshake).await.map_err(|_| {
+            Error::new(ErrorKind::Timeout, format!("no Welcome from the router within {timeout:?}"))
+        })?
+    }
+
+    async fn serve(&mut self, session: Session<C::Stream>) -> SessionEnd {
+        self.generation += 1;
+        let generation = self.generation;
+        let Session { mut reader, writer, welcome } = session;
+        let max_frame =
+            usize::try_from(welcome.max_frame).ok().filter(|m| *m > 0).unwrap_or(DEFAULT_MAX_FRAME);
+        tracing::info!(identity = %welcome.identity, service = %welcome.service, "connected to the router");
+        self.state.send_modify(|s| {
+            s.info = Some(SessionInfo { identity: welcome.identity, service: welcome.service, max_frame });
+            s.connected = true;
+            s.last_error = None;
+        });
+
+        let (out, out_rx) = mpsc::channel::<Frame>(self.shared.settings.command_buffer);
+        let mut writer_task = tokio::spawn(write_loop(writer, out_rx));
+        if let Err(end) = self.resume(&out).await {
+            writer_task.abort();
+            return end;
+        }
+
+        let mut shutdown = self.shutdown.clone();
+        let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let end = loop {
+            if drain_deadline.is_some() && self.dedup.in_progress() == 0 {
+                break SessionEnd::Closed;
+            }
+            let draining = drain_deadline.is_some();
+            let step = tokio::select! {
+                biased;
+                () = shutdown.wait(), if !draining => {
+                    drain_deadline = Some(Box::pin(tokio::time::sleep(self.shared.settings.drain_timeout)));
+                    Ok(())
+                }
+                () = async { if let Some(d) = drain_deadline.as_mut() { d.as_mut().await } }, if draining => {
+                    tracing::warn!(running = self.dedup.in_progress(), "handlers still running at shutdown; leaving them unacknowledged");
+                    break SessionEnd::Closed;
+                }
+                result = &mut writer_task => {
+                    let err = match result {
+                        Ok(Err(e)) => Error::from_connection("writing to the router", e),
+                        _ => Error::new(ErrorKind::ConnectionLost, "the writer stopped"),
+                    };
+                    return SessionEnd::Lost(err);
+                }
+                frame = reader.read_frame() => match frame {
+                    Ok(Some(frame)) => self.on_frame(frame, generation, &out, draining).await,
+                    Ok(None) => Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the router closed the connection"))),
+                    Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command, generation, &out).await,
+                    None => Err(SessionEnd::Closed),
+                },
+            };
+            let step = match step {
+                Ok(()) => self.flush_acks(&out).await,
+                Err(end) => Err(end),
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        match end {
+            SessionEnd::Closed => {
+                let _ = self.flush_acks(&out).await;
+                drop(out);
+                // The writer flushes what is queued and sends close_notify.
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+                SessionEnd::Closed
+            }
+            lost => {
+                writer_task.abort();
+                lost
+            }
+        }
+    }
+
+    /// After `Welcome`: subscribe, then re-send everything still unanswered.
+    async fn resume(&mut self, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
+        let subscribe = Subscribe {
+            subscriptions: self.handlers.subscriptions(),
+            prefetch: self.shared.settings.prefetch,
+        };
+        push(out, Body::Subscribe(subscribe)).await?;
+        self.inflight.retain(|_, p| !p.done.is_closed());
+        let frames: Vec<Frame> = self.inflight.iter().map(|(corr, p)| send_frame(*corr, p)).collect();
+        for frame in frames {
+            out.send(frame).await.map_err(|_| writer_gone())?;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: Frame,
+        generation: u64,
+        out: &mpsc::Sender<Frame>,
+        draining: bool,
+    ) -> Result<(), SessionEnd> {
+        match frame.body {
+            Some(Body::Accepted(a)) => {
+                if let Some(p) = self.inflight.remove(&a.corr) {
+                    let _ = p.done.send(Ok(a.receivers));
+                }
+            }
+            Some(Body::Error(e)) if e.corr != 0 => {
+                if let Some(p) = self.inflight.remove(&e.corr) {
+                    let _ = p.done.send(Err(Error::from_code(e.code, &e.message)));
+                }
+            }
+            Some(Body::Error(e)) => return Err(SessionEnd::Lost(Error::from_code(e.code, &e.message))),
+            Some(Body::Deliver(d)) => self.on_deliver(d, generation, out, draining).await?,
+            Some(Body::Ping(p)) => push(out, Body::Pong(Pong { nonce: p.nonce })).await?,
+            Some(Body::Pong(_)) | Some(Body::KeyDirectory(_)) => {}
+            Some(_) | None => tracing::warn!("ignoring a frame the router should not send"),
+        }
+        Ok(())
+    }
+
+    async fn on_deliver(
+        &mut self,
+        d: Deliver,
+        generation: u64,
+        out: &mpsc::Sender<Frame>,
+        draining: bool,
+    ) -> Result<(), SessionEnd> {
+        let header = match decode_header(&d.header) {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::warn!(error = %err, "dropping a delivery with an unreadable header");
+                return nack(out, d.tag, false).await;
+            }
+        };
+        let Ok(id) = <MessageId>::try_from(&header.id[..]) else {
+            tracing::warn!(name = %header.name, "dropping a delivery without a valid message id");
+            return nack(out, d.tag, false).await;
+        };
+        if header.kind == Kind::Reply as i32 {
+            // Replies are consumed on receipt: a late or duplicate one is
+            // acknowledged and dropped, never redelivered.
+            self.acks.push(d.tag);
+            self.on_reply(&d, header, id);
+            return Ok(());
+        }
+        if draining {
+            return nack(out, d.tag, true).await;
+        }
+        if self.dedup.begin(id) == Verdict::Duplicate {
+            tracing::debug!(name = %header.name, attempt = d.attempt, "duplicate message id; acknowledged, not handled");
+            self.acks.push(d.tag);
+            return Ok(());
+        }
+        let Some(handler) = self.handlers.find(&header.name, header.version) else {
+            self.dedup.finish(id, false);
+            tracing::warn!(name = %header.name, version = header.version, "no handler for a delivered message; dead-lettering it");
+            return nack(out, d.tag, false).await;
+        };
+        let payload = match self.shared.codec.open(&d, &header) {
+            Ok(p) => p,
+            Err(err) => {
+                self.dedup.finish(id, false);
+                tracing::warn!(name = %header.name, error = %err, "payload could not be opened; dead-lettering it");
+                return nack(out, d.tag, false).await;
+            }
+        };
+        let header = Arc::new(header);
+        let incoming = Incoming {
+            header: Arc::clone(&header),
+            id: uuid::Uuid::from_bytes(id),
+            sender: d.sender,
+            sender_id: d.sender_id,
+            timestamp_ms: d.timestamp_ms,
+            attempt: d.attempt,
+            payload,
+        };
+        let responder = Responder { shared: Arc::clone(&self.shared), command: header, next_seq: 0 };
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(run_handler(shared, handler, incoming, responder, generation, d.tag, id));
+        Ok(())
+    }
+
+    fn on_reply(&mut self, d: &Deliver, header: RoutingHeader, id: MessageId) {
+        if self.dedup.begin(id) == Verdict::Duplicate {
+            return;
+        }
+        self.dedup.finish(id, true);
+        let Ok(command) = <MessageId>::try_from(&header.response_to[..]) else {
+            tracing::warn!(name = %header.name, "dropping a reply without a valid response_to");
+            return;
+        };
+        let mut pending = self.shared.lock_replies();
+        let Some(sink) = pending.get(&command) else {
+            tracing::debug!(name = %header.name, "reply to a request no longer waiting; dropped");
+            return;
+        };
+        let payload = match self.shared.codec.open(d, &header) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!(name = %header.name, error = %err, "reply payload could not be opened; dropped");
+                return;
+            }
+        };
+        let reply = Reply {
+            name: header.name,
+            version: header.version.max(1),
+            id: uuid::Uuid::from_bytes(id),
+            response_to: uuid::Uuid::from_bytes(command),
+            sender: d.sender.clone(),
+            sender_id: d.sender_id.clone(),
+            timestamp_ms: d.timestamp_ms,
+            stream_seq: header.stream_seq,
+            stream_final: header.stream_final,
+            payload,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(reply) {
+            tracing::warn!("a request's reply buffer is full; dropping the request (slow consumer)");
+            sink.overflowed.store(true, Ordering::Release);
+            pending.remove(&command);
+        }
+    }
+
+    async fn on_command(
+        &mut self,
+        command: Command,
+        generation: u64,
+        out: &mpsc::Sender<Frame>,
+    ) -> Result<(), SessionEnd> {
+        match command {
+            Command::Send { header, sealed, done } => {
+                if done.is_closed() {
+                    return Ok(());
+                }
+                let corr = self.next_corr;
+                self.next_corr += 1;
+                let pending = PendingSend { header, sealed, done };
+                let frame = send_frame(corr, &pending);
+                self.inflight.insert(corr, pending);
+                out.send(frame).await.map_err(|_| writer_gone())?;
+            }
+            Command::Handled { generation: of, tag, id, success } => {
+                self.dedup.finish(id, success);
+                if of != generation {
+                    // The router redelivers what an old connection left
+                    // unacknowledged; the dedup window absorbs it if handled.
+                    return Ok(());
+                }
+                if success {
+                    self.acks.push(tag);
+                } else {
+                    nack(out, tag, true).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_acks(&mut self, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let tags = std::mem::take(&mut self.acks);
+        push(out, Body::Ack(Ack { tags })).await
+    }
+
+    fn publish_down(&self, err: &Error) {
+        self.state.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some((err.kind(), err.message().to_owned()));
+        });
+    }
+
+    /// Fails everything still waiting, and marks the relay closed.
+    fn close_all(&mut self) {
+        self.state.send_modify(|s| {
+            s.connected = false;
+            s.closed = true;
+        });
+        for (_, p) in std::mem::take(&mut self.inflight) {
+            let _ = p
+                .done
+                .send(Err(Error::new(ErrorKind::Closed, "the relay was closed before the router answered")));
+        }
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Send { done, .. } = command {
+                let _ = done.send(Err(Error::new(ErrorKind::Closed, "the relay is closed")));
+            }
+        }
+        self.shared.lock_replies().clear();
+        tracing::debug!("relay connection task stopped");
+    }
+}
+
+/// Runs one handler in its own task (so a panic is a `JoinError`, not a
+/// dead relay) and reports the outcome to the connection task.
+async fn run_handler(
+    shared: Arc<Shared>,
+    handler: HandlerFn,
+    incoming: Incoming,
+    responder: Responder,
+    generation: u64,
+    tag: u64,
+    id: MessageId,
+) {
+    let name = incoming.name().to_owned();
+    let outcome = tokio::spawn(async move { handler(incoming, responder).await }).await;
+    let success = match outcome {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(%name, error = %err, "handler failed; the message will be redelivered");
+            false
+        }
+        Err(join) => {
+            tracing::error!(%name, panicked = join.is_panic(), "handler did not finish; the message will be redelivered");
+            false
+        }
+    };
+    let _ = shared.commands.send(Command::Handled { generation, tag, id, success }).await;
+}
+
+/// Writes frames in batches: everything queued goes out in one flush.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut frames: mpsc::Receiver<Frame>,
+) -> Result<(), ConnectionError> {
+    const BATCH_BYTES: usize = 64 * 1024;
+    while let Some(frame) = frames.recv().await {
+        writer.push(&frame);
+        while writer.pending() < BATCH_BYTES {
+            match frames.try_recv() {
+                Ok(frame) => writer.push(&frame),
+                Err(_) => break,
+            }
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
+}
+
+fn send_frame(corr: u64, p: &PendingSend) -> Frame {
+    Frame {
+        body: Some(Body::Send(Send {
+            corr,
+            header: p.header.clone(),
+            payload: p.sealed.payload.clone(),
+            tags: p.sealed.tags.clone(),
+            grants: p.sealed.grants.clone(),
+        })),
+    }
+}
+
+async fn push(out: &mpsc::Sender<Frame>, body: Body) -> Result<(), SessionEnd> {
+    out.send(Frame { body: Some(body) }).await.map_err(|_| writer_gone())
+}
+
+async fn nack(out: &mpsc::Sender<Frame>, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
+    push(out, Body::Nack(Nack { tag, requeue })).await
+}
+
+fn writer_gone() -> SessionEnd {
+    SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the writer stopped"))
+}

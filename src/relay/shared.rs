@@ -1,0 +1,294 @@
+//! State shared by the relay handle, handler tasks and the connection task,
+//! and the one path every outgoing message takes: build the header, let the
+//! codec seal, hand the frame to the connection task, wait for `Accepted`.
+//!
+//! Locks here are std mutexes held for a map lookup, never across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::breaker::Breakers;
+use super::codec::{Outgoing, PayloadCodec, SealedPayload};
+use super::dedup::MessageId;
+use super::error::{Error, ErrorKind};
+use super::header::{self, HeaderParams, SenderInfo};
+use super::options::{MessageOptions, Settings};
+use super::request::ReplySink;
+use crate::wire::frame::{LENGTH_PREFIX, encode_header};
+use crate::wire::{Kind, RoutingHeader};
+
+/// What the router told us at the last `Welcome`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SessionInfo {
+    /// Our identity (SPIFFE URI) as the router authenticated it.
+    pub(crate) identity: String,
+    /// Our service name in the policy.
+    pub(crate) service: String,
+    /// The largest frame the router accepts.
+    pub(crate) max_frame: usize,
+}
+
+/// The connection's state, published by the connection task.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SessionState {
+    /// Set at the first `Welcome` and kept across reconnects.
+    pub(crate) info: Option<SessionInfo>,
+    pub(crate) connected: bool,
+    /// Why the last connection attempt or session failed.
+    pub(crate) last_error: Option<(ErrorKind, String)>,
+    pub(crate) closed: bool,
+}
+
+/// What the relay asks of the connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a message; answer `done` with the receiver count or the refusal.
+    Send { header: Bytes, sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>> },
+    /// A handler finished with the delivery `tag` of connection `generation`.
+    Handled { generation: u64, tag: u64, id: MessageId, success: bool },
+}
+
+/// One outgoing message on its way to [`Shared::submit`].
+#[derive(Debug)]
+pub(crate) struct Outbound<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) name: &'a str,
+    pub(crate) payload: Bytes,
+    pub(crate) opts: &'a MessageOptions,
+    pub(crate) expects_reply: bool,
+    pub(crate) cause: Option<&'a RoutingHeader>,
+    pub(crate) stream_seq: u64,
+    pub(crate) stream_final: bool,
+    /// For requests: where replies go, registered before the send so no
+    /// early reply is missed.
+    pub(crate) replies: Option<ReplySink>,
+}
+
+/// A message the router accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Submitted {
+    pub(crate) id: Uuid,
+    pub(crate) receivers: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) instance: String,
+    pub(crate) codec: Arc<dyn PayloadCodec>,
+    pub(crate) breakers: Breakers,
+    pub(crate) requests: Arc<Semaphore>,
+    pub(crate) pending_replies: Mutex<HashMap<MessageId, ReplySink>>,
+    pub(crate) state: watch::Receiver<SessionState>,
+    pub(crate) commands: mpsc::Sender<Command>,
+}
+
+impl Shared {
+    /// Sends through the circuit breaker of `name`.
+    pub(crate) async fn submit_guarded(&self, out: Outbound<'_>) -> Result<Submitted, Error> {
+        let name = out.name.to_owned();
+        self.check_breaker(&name)?;
+        let result = self.submit(out).await;
+        self.record_outcome(&name, &result);
+        result
+    }
+
+    pub(crate) fn check_breaker(&self, name: &str) -> Result<(), Error> {
+        self.breakers.check(name).map_err(|remaining| {
+            Error::new(
+                ErrorKind::CircuitOpen,
+                format!("circuit for {name} is open after repeated failures; retry in {remaining:?}"),
+            )
+        })
+    }
+
+    pub(crate) fn record_outcome<T>(&self, name: &str, result: &Result<T, Error>) {
+        match result {
+            Ok(_) => self.breakers.record(name, true),
+            Err(e) if e.kind() == ErrorKind::CircuitOpen => {}
+            Err(e) => self.breakers.record(name, !e.is_transient()),
+        }
+    }
+
+    /// Builds, seals and sends one message; resolves when the router accepted it.
+    pub(crate) async fn submit(&self, out: Outbound<'_>) -> Result<Submitted, Error> {
+        validate_name(out.name)?;
+        let timeout = out.opts.timeout.unwrap_or(self.settings.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let info = self.wait_session(deadline).await?;
+
+        let id = Uuid::now_v7();
+        let params = HeaderParams {
+            kind: out.kind,
+            name: out.name,
+            opts: out.opts,
+            expects_reply: out.expects_reply,
+            cause: out.cause,
+            stream_seq: out.stream_seq,
+            stream_final: out.stream_final,
+        };
+        let sender = SenderInfo { identity: &info.identity, instance: &self.instance };
+        let mut header = header::build(&params, &sender, id, now_ms());
+        let reply_to = if out.kind == Kind::Reply { out.cause } else { None };
+        self.codec.prepare(&mut header, reply_to).map_err(codec_error)?;
+        let header_bytes = encode_header(&header);
+        let outgoing = Outgoing { header: &header, header_bytes: &header_bytes, command: reply_to };
+        let sealed = self.codec.seal(outgoing, out.payload).map_err(codec_error)?;
+        check_size(&header_bytes, &sealed, info.max_frame)?;
+
+        let registered = out.replies.is_some();
+        if let Some(sink) = out.replies {
+            self.lock_replies().insert(*id.as_bytes(), sink);
+        }
+        let result = self.send_and_wait(out.name, header_bytes, sealed, deadline, timeout).await;
+        if result.is_err() && registered {
+            self.unregister_replies(id.as_bytes());
+        }
+        result.map(|receivers| Submitted { id, receivers })
+    }
+
+    async fn send_and_wait(
+        &self,
+        name: &str,
+        header: Bytes,
+        sealed: SealedPayload,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<u32, Error> {
+        let (done, accepted) = oneshot::channel();
+        let queued =
+            tokio::time::timeout_at(deadline, self.commands.send(Command::Send { header, sealed, done }));
+        match queued.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => return Err(self.timeout_error(name, timeout)),
+        }
+        match tokio::time::timeout_at(deadline, accepted).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(self.timeout_error(name, timeout)),
+        }
+    }
+
+    /// Waits until the router has welcomed us once (so our identity is known).
+    async fn wait_session(&self, deadline: Instant) -> Result<SessionInfo, Error> {
+        let mut state = self.state.clone();
+        let waited =
+            tokio::time::timeout_at(deadline, state.wait_for(|s| s.info.is_some() || s.closed)).await;
+        match waited {
+            Ok(Ok(s)) if s.closed => Err(closed()),
+            Ok(Ok(s)) => s.info.clone().ok_or_else(closed),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(self.not_connected("the router has not welcomed this relay yet")),
+        }
+    }
+
+    /// The error for an operation that ran out of time: the reason we are
+    /// disconnected if we are, else a plain timeout.
+    fn timeout_error(&self, name: &str, timeout: Duration) -> Error {
+        if self.state.borrow().connected {
+            Error::new(ErrorKind::Timeout, format!("the router did not accept {name} within {timeout:?}"))
+        } else {
+            self.not_connected(&format!("{name} not sent within {timeout:?}"))
+        }
+    }
+
+    fn not_connected(&self, what: &str) -> Error {
+        let state = self.state.borrow();
+        if state.closed {
+            return closed();
+        }
+        match &state.last_error {
+            Some((kind, message)) => Error::new(*kind, format!("{what}: not connected: {message}")),
+            None => Error::new(ErrorKind::Timeout, format!("{what}: not connected")),
+        }
+    }
+
+    pub(crate) fn unregister_replies(&self, command: &MessageId) {
+        self.lock_replies().remove(command);
+    }
+
+    pub(crate) fn lock_replies(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, ReplySink>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (single insert/remove calls), so a poisoned lock is still usable.
+        self.pending_replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.split('.').all(|seg| !seg.is_empty())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidName,
+            format!(
+                "invalid message name {name:?}: use dot-separated segments of letters, digits, '-' and '_'"
+            ),
+        ))
+    }
+}
+
+fn check_size(header: &Bytes, sealed: &SealedPayload, max_frame: usize) -> Result<(), Error> {
+    let blobs: usize =
+        sealed.tags.iter().chain(&sealed.grants).map(|b| b.data.len() + b.service.len() + 8).sum();
+    // Protobuf framing adds a few bytes per field; 64 covers it generously.
+    let estimate = LENGTH_PREFIX + header.len() + sealed.payload.len() + blobs + 64;
+    if estimate > max_frame {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "message of about {estimate} bytes exceeds the router's maximum frame of {max_frame} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn codec_error(err: super::codec::CodecError) -> Error {
+    Error::with_source(ErrorKind::Codec, err.to_string(), err)
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the relay is closed")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dotted_segments() {
+        for ok in ["todos.list", "a", "user-created.v2", "x_y.z"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "a..b", "a.", "has space", "wild.*", "a.>"] {
+            assert_eq!(validate_name(bad).unwrap_err().kind(), ErrorKind::InvalidName, "{bad}");
+        }
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_locally() {
+        let sealed = SealedPayload { payload: Bytes::from(vec![0u8; 2000]), ..Default::default() };
+        assert_eq!(check_size(&Bytes::new(), &sealed, 1024).unwrap_err().kind(), ErrorKind::TooLarge);
+        assert!(check_size(&Bytes::new(), &sealed, 4096).is_ok());
+    }
+}

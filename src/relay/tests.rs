@@ -1,0 +1,504 @@
+//! Tests of the relay against a scripted router over in-memory pipes (no
+//! TLS): handshake, send/accept/deny, deliveries and acks, duplicates,
+//! handler failures and panics, streamed replies both ways, timeouts, the
+//! circuit breaker, reconnects and graceful close.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::connection::Connector;
+use super::*;
+use crate::tls::IdentityDir;
+use crate::wire::frame::{decode_header, encode_header};
+use crate::wire::{
+    Accepted, Body, Deliver, Error as ErrorFrame, ErrorCode, Frame, FrameReader, FrameWriter, Kind,
+    RoutingHeader, Welcome,
+};
+
+const IDENTITY: &str = "spiffe://example.org/svc/web";
+
+/// Hands each new connection's router end to the test.
+struct PipeConnector {
+    peers: mpsc::Sender<DuplexStream>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Connector for PipeConnector {
+    type Stream = DuplexStream;
+
+    async fn connect(&self) -> Result<DuplexStream, Error> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Unreachable, "connection refused (test)"));
+        }
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        self.peers.send(server).await.map_err(|_| Error::new(ErrorKind::Unreachable, "test router gone"))?;
+        Ok(client)
+    }
+}
+
+/// The router's end of one connection.
+struct Peer {
+    reader: FrameReader<ReadHalf<DuplexStream>>,
+    writer: FrameWriter<WriteHalf<DuplexStream>>,
+}
+
+impl Peer {
+    fn new(stream: DuplexStream) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Self { reader: FrameReader::new(r, 1 << 20), writer: FrameWriter::new(w) }
+    }
+
+    async fn expect(&mut self) -> Body {
+        let frame = tokio::time::timeout(Duration::from_secs(30), self.reader.read_frame())
+            .await
+            .expect("the relay sent nothing")
+            .expect("readable frame")
+            .expect("connection open");
+        frame.body.expect("body")
+    }
+
+    async fn send(&mut self, body: Body) {
+        self.writer.write_frame(&Frame { body: Some(body) }).await.expect("write");
+    }
+
+    /// Hello → Welcome → Subscribe; returns the Subscribe.
+    async fn handshake(&mut self) -> (crate::wire::Hello, crate::wire::Subscribe) {
+        let Body::Hello(hello) = self.expect().await else { panic!("expected Hello") };
+        self.send(Body::Welcome(Welcome {
+            protocol: 1,
+            identity: IDENTITY.into(),
+            service: "web".into(),
+            max_frame: 1 << 20,
+            router: "test".into(),
+        }))
+        .await;
+        let Body::Subscribe(sub) = self.expect().await else { panic!("expected Subscribe") };
+        (hello, sub)
+    }
+
+    /// Expects a Send; returns its corr and decoded header.
+    async fn expect_send(&mut self) -> (u64, RoutingHeader, crate::wire::Send) {
+        match self.expect().await {
+            Body::Send(send) => (send.corr, decode_header(&send.header).expect("header"), send),
+            other => panic!("expected Send, got {other:?}"),
+        }
+    }
+
+    async fn accept(&mut self, corr: u64, receivers: u32) {
+        self.send(Body::Accepted(Accepted { corr, receivers })).await;
+    }
+}
+
+struct Harness {
+    peers: mpsc::Receiver<DuplexStream>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Harness {
+    fn new() -> (Self, PipeConnector) {
+        let (tx, rx) = mpsc::channel(4);
+        let refuse = Arc::new(AtomicBool::new(false));
+        (Self { peers: rx, refuse: Arc::clone(&refuse) }, PipeConnector { peers: tx, refuse })
+    }
+
+    async fn next_peer(&mut self) -> Peer {
+        Peer::new(self.peers.recv().await.expect("a connection"))
+    }
+}
+
+fn builder() -> RelayBuilder {
+    Relay::builder("unused:0", IdentityDir { dir: "unused".into() }).request_timeout(Duration::from_secs(5))
+}
+
+/// Connects `builder` to a scripted router that completes the handshake.
+async fn connected(builder: RelayBuilder) -> (Relay, Peer, Harness) {
+    let (mut harness, connector) = Harness::new();
+    let connecting = tokio::spawn(builder.connect_with(connector));
+    let mut peer = harness.next_peer().await;
+    peer.handshake().await;
+    let relay = connecting.await.unwrap().expect("connected");
+    (relay, peer, harness)
+}
+
+fn command(name: &str, expects_reply: bool) -> RoutingHeader {
+    let id = Bytes::copy_from_slice(Uuid::new_v4().as_bytes());
+    RoutingHeader {
+        name: name.into(),
+        version: 1,
+        id: id.clone(),
+        origin_id: id,
+        kind: Kind::Command as i32,
+        sender: "spiffe://example.org/svc/todo".into(),
+        expects_reply,
+        ..Default::default()
+    }
+}
+
+fn deliver(tag: u64, header: &RoutingHeader, payload: &str) -> Body {
+    Body::Deliver(Deliver {
+        tag,
+        header: encode_header(header),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        sender: "todo".into(),
+        sender_id: "spiffe://example.org/svc/todo".into(),
+        timestamp_ms: 1_700_000_000_000,
+        attempt: 1,
+        ..Default::default()
+    })
+}
+
+fn reply_to(command: &RoutingHeader, name: &str, seq: u64, last: bool) -> RoutingHeader {
+    RoutingHeader {
+        name: name.into(),
+        version: 1,
+        id: Bytes::copy_from_slice(Uuid::new_v4().as_bytes()),
+        origin_id: command.origin_id.clone(),
+        response_to: command.id.clone(),
+        kind: Kind::Reply as i32,
+        stream_seq: seq,
+        stream_final: last,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn handshake_says_hello_and_subscribes_every_handler() {
+    let b = builder()
+        .prefetch(7)
+        .handle("todos.list", [1], |_i: Incoming, _r: Responder| async { Ok::<_, Error>(()) })
+        .handle("todos.list", [2], |_i: Incoming, _r: Responder| async { Ok::<_, Error>(()) })
+        .handle("todo.created", [], |_i: Incoming, _r: Responder| async { Ok::<_, Error>(()) });
+    let (mut harness, connector) = Harness::new();
+    let connecting = tokio::spawn(b.connect_with(connector));
+    let mut peer = harness.next_peer().await;
+    let (hello, sub) = peer.handshake().await;
+    let relay = connecting.await.unwrap().unwrap();
+    assert_eq!(hello.protocol, crate::wire::PROTOCOL_VERSION);
+    assert_eq!(hello.instance, relay.instance());
+    assert_eq!(sub.prefetch, 7);
+    let names: Vec<_> = sub.subscriptions.iter().map(|s| (s.name.as_str(), s.versions.clone())).collect();
+    assert_eq!(names, [("todo.created", vec![]), ("todos.list", vec![1, 2])]);
+    assert_eq!(relay.service().as_deref(), Some("web"));
+    assert!(relay.is_connected());
+}
+
+#[tokio::test]
+async fn an_unknown_identity_fails_connect_with_its_kind() {
+    let (mut harness, connector) = Harness::new();
+    let connecting = tokio::spawn(builder().connect_with(connector));
+    let mut peer = harness.next_peer().await;
+    assert!(matches!(peer.expect().await, Body::Hello(_)));
+    peer.send(Body::Error(ErrorFrame {
+        corr: 0,
+        code: ErrorCode::UnknownIdentity as i32,
+        message: "spiffe://example.org/svc/ghost is not in the policy".into(),
+    }))
+    .await;
+    let err = connecting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownIdentity);
+    assert!(err.message().contains("ghost"));
+}
+
+#[tokio::test]
+async fn an_unreachable_router_fails_connect() {
+    let (harness, connector) = Harness::new();
+    harness.refuse.store(true, Ordering::SeqCst);
+    let err = builder().connect_with(connector).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable);
+}
+
+#[tokio::test]
+async fn send_resolves_on_accepted_and_a_denial_is_an_error() {
+    let (relay, mut peer, _h) = connected(builder()).await;
+    let r = relay.clone();
+    let sending =
+        tokio::spawn(async move { r.send("todos.create", &serde_json::json!({"text": "a"})).await });
+    let (corr, header, send) = peer.expect_send().await;
+    assert_eq!(header.name, "todos.create");
+    assert_eq!(header.kind, Kind::Command as i32);
+    assert_eq!(header.sender, IDENTITY);
+    assert_eq!(header.sender_instance, relay.instance());
+    assert!(!header.expects_reply);
+    assert_eq!(header.seal, SEAL_PLAIN);
+    assert_eq!(&send.payload[..], br#"{"text":"a"}"#);
+    peer.accept(corr, 2).await;
+    let sent = sending.await.unwrap().unwrap();
+    assert_eq!(sent.receivers, 2);
+    assert_eq!(sent.id.as_bytes(), &header.id[..]);
+
+    let r = relay.clone();
+    let sending = tokio::spawn(async move { r.send("payments.refund", &1).await });
+    let (corr, _, _) = peer.expect_send().await;
+    peer.send(Body::Error(ErrorFrame {
+        corr,
+        code: ErrorCode::Denied as i32,
+        message: "web may not send payments.refund".into(),
+    }))
+    .await;
+    let err = sending.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied);
+    assert_eq!(err.message(), "web may not send payments.refund");
+
+    let r = relay.clone();
+    let publishing = tokio::spawn(async move { r.publish("todo.created", "a").await });
+    let (corr, header, _) = peer.expect_send().await;
+    assert_eq!(header.kind, Kind::Event as i32);
+    peer.accept(corr, 0).await;
+    assert_eq!(publishing.await.unwrap().unwrap().receivers, 0);
+}
+
+#[tokio::test]
+async fn deliveries_are_acked_duplicates_dropped_failures_and_panics_nacked() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let b = builder().handle("todos.create", [1], move |msg: Incoming, _r: Responder| {
+        let c = Arc::clone(&c);
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            let text: String = msg.json()?;
+            assert_eq!(msg.sender(), "todo");
+            match text.as_str() {
+                "fail" => Err(Error::new(ErrorKind::Io, "handler failed")),
+                "panic" => panic!("handler panicked on purpose"),
+                _ => Ok(()),
+            }
+        }
+    });
+    let (_relay, mut peer, _h) = connected(b).await;
+
+    let first = command("todos.create", false);
+    peer.send(deliver(1, &first, r#""ok""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    peer.send(deliver(2, &first, r#""ok""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![2] }), "duplicate acked");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "duplicate not handled again");
+
+    peer.send(deliver(3, &command("todos.create", false), r#""fail""#)).await;
+    assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 3, requeue: true }));
+    peer.send(deliver(4, &command("todos.create", false), r#""panic""#)).await;
+    assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 4, requeue: true }));
+    peer.send(deliver(5, &command("todos.create", false), "not json")).await;
+    assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 5, requeue: true }));
+
+    peer.send(deliver(6, &command("todos.create", false), r#""ok""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![6] }), "alive after a panic");
+
+    let mut v9 = command("todos.create", false);
+    v9.version = 9;
+    peer.send(deliver(7, &v9, r#""ok""#)).await;
+    assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 7, requeue: false }), "no handler");
+}
+
+#[tokio::test]
+async fn a_request_yields_streamed_replies_until_the_final_one() {
+    let (relay, mut peer, _h) = connected(builder()).await;
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move {
+        let mut replies = r.request("files.read", "report.csv").await?;
+        let mut got = Vec::new();
+        while let Some(reply) = replies.next().await {
+            got.push(reply?);
+        }
+        Ok::<_, Error>(got)
+    });
+    let (corr, cmd, _) = peer.expect_send().await;
+    assert!(cmd.expects_reply);
+    peer.accept(corr, 1).await;
+    peer.send(deliver(10, &reply_to(&cmd, "files.chunk", 0, false), r#""a,b""#)).await;
+    peer.send(deliver(11, &reply_to(&cmd, "files.done", 1, true), "2")).await;
+    let got = requesting.await.unwrap().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].name(), "files.chunk");
+    assert_eq!(got[0].json::<String>().unwrap(), "a,b");
+    assert_eq!(got[0].response_to().as_bytes(), &cmd.id[..]);
+    assert_eq!(got[0].sender(), "todo");
+    assert!(!got[0].is_final() && got[1].is_final());
+    assert_eq!(got[1].stream_seq(), 1);
+    // Both replies were acknowledged (possibly in one Ack frame).
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        let Body::Ack(ack) = peer.expect().await else { panic!("expected Ack") };
+        acked.extend(ack.tags);
+    }
+    assert_eq!(acked, [10, 11]);
+}
+
+#[tokio::test]
+async fn a_responder_streams_replies_that_answer_the_command() {
+    let b = builder().handle("files.read", [], |_msg: Incoming, mut r: Responder| async move {
+        r.stream("files.chunk", "a,b").await?;
+        r.end("files.done", &1).await
+    });
+    let (_relay, mut peer, _h) = connected(b).await;
+    let cmd = command("files.read", true);
+    peer.send(deliver(1, &cmd, r#""x""#)).await;
+    for seq in 0..2u64 {
+        let (corr, header, _) = peer.expect_send().await;
+        assert_eq!(header.kind, Kind::Reply as i32);
+        assert_eq!(header.response_to, cmd.id);
+        assert_eq!(header.origin_id, cmd.origin_id, "the reply stays in the command's activity");
+        assert_eq!(header.stream_seq, seq);
+        assert_eq!(header.stream_final, seq == 1);
+        peer.accept(corr, 1).await;
+    }
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+}
+
+#[tokio::test]
+async fn replying_to_a_one_way_command_sends_nothing() {
+    let b = builder().handle("todos.create", [], |_m: Incoming, r: Responder| async move {
+        r.reply("todos.created", &1).await
+    });
+    let (_relay, mut peer, _h) = connected(b).await;
+    peer.send(deliver(1, &command("todos.create", false), "1")).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }), "no Send before the Ack");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_requests_time_out_and_open_the_circuit() {
+    let b = builder().request_timeout(Duration::from_secs(2)).circuit_breaker(2, Duration::from_secs(30));
+    let (relay, mut peer, _h) = connected(b).await;
+    for _ in 0..2 {
+        let r = relay.clone();
+        let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
+        let (corr, _, _) = peer.expect_send().await;
+        peer.accept(corr, 1).await;
+        let err = requesting.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+    }
+    let err = relay.request("todos.list", &()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+    let err = relay.send("todos.list", &()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen, "the breaker is per name, for every call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_send_times_out() {
+    let b = builder().request_timeout(Duration::from_secs(1));
+    let (relay, mut peer, _h) = connected(b).await;
+    let r = relay.clone();
+    let sending = tokio::spawn(async move { r.send("todos.create", &1).await });
+    let _ = peer.expect_send().await;
+    assert_eq!(sending.await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn outstanding_requests_are_bounded() {
+    let (relay, mut peer, _h) = connected(builder().max_outstanding_requests(1)).await;
+    let r = relay.clone();
+    let first = tokio::spawn(async move { r.request("todos.list", &()).await });
+    let (corr, _, _) = peer.expect_send().await;
+    peer.accept(corr, 1).await;
+    let replies = first.await.unwrap().unwrap();
+    assert_eq!(relay.request("todos.list", &()).await.unwrap_err().kind(), ErrorKind::TooManyRequests);
+    drop(replies);
+    let r = relay.clone();
+    let again = tokio::spawn(async move { r.request("todos.list", &()).await });
+    let (corr, _, _) = peer.expect_send().await;
+    peer.accept(corr, 1).await;
+    assert!(again.await.unwrap().is_ok(), "a dropped request frees its slot");
+}
+
+#[tokio::test]
+async fn reconnects_resubscribe_and_resend_unanswered_sends() {
+    let b = builder().reconnect_backoff(Duration::from_millis(1), Duration::from_millis(5)).handle(
+        "todos.list",
+        [1],
+        |_i: Incoming, _r: Responder| async { Ok::<_, Error>(()) },
+    );
+    let (relay, mut peer, mut harness) = connected(b).await;
+    let r = relay.clone();
+    let sending = tokio::spawn(async move { r.send("todos.create", &1).await });
+    let (_, first_header, first) = peer.expect_send().await;
+    drop(peer);
+
+    let mut peer = harness.next_peer().await;
+    let (_, sub) = peer.handshake().await;
+    assert_eq!(sub.subscriptions.len(), 1, "subscriptions re-sent");
+    let (corr, header, again) = peer.expect_send().await;
+    assert_eq!(again.header, first.header, "the same header bytes, so the same message id");
+    assert_eq!(header, first_header);
+    peer.accept(corr, 1).await;
+    assert_eq!(sending.await.unwrap().unwrap().receivers, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_while_unreachable_fail_with_the_reason() {
+    let (harness, connector) = Harness::new();
+    harness.refuse.store(true, Ordering::SeqCst);
+    let relay = builder()
+        .retry_initial_connect(true)
+        .request_timeout(Duration::from_secs(1))
+        .connect_with(connector)
+        .await
+        .unwrap();
+    let err = relay.send("todos.create", &1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+    relay.close().await;
+    assert_eq!(relay.send("todos.create", &1).await.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[tokio::test]
+async fn close_waits_for_running_handlers_and_acks_them() {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release = Arc::new(std::sync::Mutex::new(Some(release_rx)));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = Arc::clone(&started);
+    let b = builder().handle("slow.job", [], move |_m: Incoming, _r: Responder| {
+        let rx = release.lock().unwrap().take();
+        let s = Arc::clone(&s);
+        async move {
+            s.notify_one();
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+            Ok::<_, Error>(())
+        }
+    });
+    let (relay, mut peer, _h) = connected(b).await;
+    peer.send(deliver(1, &command("slow.job", false), "1")).await;
+    started.notified().await;
+    let r = relay.clone();
+    let closing = tokio::spawn(async move { r.close().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!closing.is_finished(), "close waits for the handler");
+    release_tx.send(()).unwrap();
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    closing.await.unwrap();
+    assert!(!relay.is_connected());
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_slow_consumer_not_a_stalled_connection() {
+    let (relay, mut peer, _h) = connected(builder().reply_buffer(2)).await;
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move { r.request("files.read", &()).await });
+    let (corr, cmd, _) = peer.expect_send().await;
+    peer.accept(corr, 1).await;
+    let mut replies = requesting.await.unwrap().unwrap();
+    for seq in 0..4 {
+        peer.send(deliver(20 + seq, &reply_to(&cmd, "files.chunk", seq, false), "1")).await;
+    }
+    // The connection still works for others while the reader lags.
+    let r = relay.clone();
+    let sending = tokio::spawn(async move { r.send("todos.create", &1).await });
+    let (corr, _, _) = loop {
+        match peer.expect().await {
+            Body::Send(s) => break (s.corr, (), ()),
+            Body::Ack(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    peer.accept(corr, 1).await;
+    sending.await.unwrap().unwrap();
+    assert!(replies.next().await.unwrap().is_ok());
+    assert!(replies.next().await.unwrap().is_ok());
+    assert_eq!(replies.next().await.unwrap().unwrap_err().kind(), ErrorKind::SlowConsumer);
+    assert!(replies.next().await.is_none());
+}
