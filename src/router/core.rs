@@ -506,7 +506,8 @@ impl Core {
             s.instances.retain(|i| *i != conn);
             s.partitions.retain(|_, i| *i != conn);
         }
-        self.replies.retain(|_, r| r.requester != conn);
+        // Reply routes of this requester stay until their deadline, so a late
+        // reply is dropped and audited as `requester_gone` rather than refused.
         let mut back: Vec<Queued> = c.inflight.into_values().map(|f| f.q).collect();
         back.sort_by_key(|q| q.seq);
         self.requeue(&service, back, "instance disconnected");
