@@ -289,3 +289,44 @@ async fn a_reply_from_a_service_that_never_got_the_command_is_refused() {
         other => panic!("forged reply was accepted: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn replies_reach_a_requester_that_reconnected_meanwhile() {
+    use exocom::wire::*;
+    let bus = TestBus::start().await;
+    let _todo = bus
+        .builder("todo")
+        .handle("todos.list", [1], |_msg, reply| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            reply.reply("todos.listing", &json!(["still here"])).await
+        })
+        .connect()
+        .await
+        .unwrap();
+    // First connection of instance "raw-1": send the request, then vanish.
+    let (mut reader, mut writer) = raw_hello(bus.addr, &bus.identity("web")).await;
+    let id = uuid::Uuid::new_v4();
+    let header = RoutingHeader {
+        name: "todos.list".into(),
+        version: 1,
+        id: bytes::Bytes::copy_from_slice(id.as_bytes()),
+        expects_reply: true,
+        ..Default::default()
+    };
+    let send =
+        Send { corr: 1, header: frame::encode_header(&header), payload: "{}".into(), ..Default::default() };
+    writer.write_frame(&Frame { body: Some(Body::Send(send)) }).await.unwrap();
+    read_until(&mut reader, |b| matches!(b, Body::Accepted(_))).await;
+    drop((reader, writer));
+    // The same instance comes back on a new connection and gets the reply.
+    let (mut reader, _writer) = raw_hello(bus.addr, &bus.identity("web")).await;
+    match read_until(&mut reader, |b| matches!(b, Body::Deliver(_))).await {
+        Body::Deliver(d) => {
+            let h = frame::decode_header(&d.header).unwrap();
+            assert_eq!(h.name, "todos.listing");
+            assert_eq!(&h.response_to[..], id.as_bytes());
+            assert_eq!(d.sender, "todo");
+        }
+        _ => unreachable!(),
+    }
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::audit::{self, AuditConfig, FsyncPolicy};
 use crate::cli::exit;
 use crate::policy::Policy;
 use crate::router::{Router, RouterConfig};
@@ -49,12 +50,35 @@ pub struct ServeArgs {
     /// Where to write the audit log (JSON lines) [default: no audit log].
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Ed25519 key (PKCS#8 PEM) that signs audit checkpoints, e.g.
+    /// certs-example/audit/key.pem. Without it checkpoints are unsigned.
+    #[arg(long, value_name = "PEM")]
+    pub audit_key: Option<PathBuf>,
+    /// When the audit log is fsynced.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub audit_fsync: Option<AuditFsync>,
+    /// Keep routing when the audit log cannot be written (default: refuse
+    /// new sends until it can). The choice is itself recorded in the log.
+    #[arg(long)]
+    pub audit_fail_open: bool,
     /// Directory for durable queues [default: memory only].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Largest frame accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<usize>,
+}
+
+/// When the audit log is fsynced.
+#[derive(Clone, Copy, Debug, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFsync {
+    /// After every batch, before sends are acknowledged (strictest).
+    Batch,
+    /// Every 50 ms (default).
+    Interval,
+    /// Leave it to the kernel (still fsynced at rotation and shutdown).
+    Never,
 }
 
 /// The settings file.
@@ -69,6 +93,10 @@ struct FileSettings {
     crl: Vec<PathBuf>,
     policy: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    audit_key: Option<PathBuf>,
+    audit_fsync: Option<AuditFsync>,
+    #[serde(default)]
+    audit_fail_open: bool,
     data_dir: Option<PathBuf>,
     max_frame: Option<usize>,
 }
@@ -84,6 +112,12 @@ pub struct Settings {
     pub policy: PathBuf,
     /// Audit log path.
     pub audit_log: Option<PathBuf>,
+    /// Audit checkpoint signing key.
+    pub audit_key: Option<PathBuf>,
+    /// Audit fsync policy.
+    pub audit_fsync: AuditFsync,
+    /// Keep routing when the audit log fails.
+    pub audit_fail_open: bool,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Largest frame.
@@ -111,6 +145,7 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             rel(&mut f.key);
             rel(&mut f.policy);
             rel(&mut f.audit_log);
+            rel(&mut f.audit_key);
             rel(&mut f.data_dir);
             f.crl = f.crl.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
             f
@@ -131,6 +166,9 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         },
         policy: need(args.policy.or(file.policy), "policy")?,
         audit_log: args.audit_log.or(file.audit_log),
+        audit_key: args.audit_key.or(file.audit_key),
+        audit_fsync: args.audit_fsync.or(file.audit_fsync).unwrap_or(AuditFsync::Interval),
+        audit_fail_open: args.audit_fail_open || file.audit_fail_open,
         data_dir: args.data_dir.or(file.data_dir),
         max_frame: args.max_frame.or(file.max_frame).unwrap_or(crate::wire::DEFAULT_MAX_FRAME),
     })
@@ -167,6 +205,32 @@ async fn serve(settings: Settings, policy: Policy, tls: Arc<rustls::ServerConfig
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut config = RouterConfig::new(settings.listen, tls, policy);
     config.limits.max_frame = settings.max_frame;
+    let mut audit_task = None;
+    if let Some(path) = &settings.audit_log {
+        let mut ac = AuditConfig::new(path.clone());
+        ac.signing_key = settings.audit_key.clone();
+        ac.fail_open = settings.audit_fail_open;
+        ac.fsync = match settings.audit_fsync {
+            AuditFsync::Batch => FsyncPolicy::EveryBatch,
+            AuditFsync::Interval => FsyncPolicy::Interval(std::time::Duration::from_millis(50)),
+            AuditFsync::Never => FsyncPolicy::Never,
+        };
+        if ac.signing_key.is_none() {
+            tracing::warn!("no --audit-key: audit checkpoints are unsigned");
+        }
+        match audit::start(ac, shutdown.clone()) {
+            Ok((handle, task)) => {
+                config.audit = handle;
+                audit_task = Some(task);
+            }
+            Err(err) => {
+                eprintln!("error: audit log {}: {err}", path.display());
+                return Ok(exit::USAGE);
+            }
+        }
+    } else {
+        tracing::warn!("no --audit-log: routing is not audited");
+    }
     if let Some(dir) = &settings.data_dir {
         match crate::store::Store::open(dir) {
             Ok(store) => config.store = Arc::new(store),
@@ -185,11 +249,17 @@ async fn serve(settings: Settings, policy: Policy, tls: Arc<rustls::ServerConfig
     };
     let addr = router.local_addr()?;
     tracing::info!(%addr, policy = %settings.policy.display(), "router listening");
+    if let Some(p) = &settings.audit_log {
+        tracing::info!(audit_log = %p.display(), "audit log");
+    }
     let task = tokio::spawn(router.run(shutdown));
     wait_for_signal().await;
     tracing::info!("signal received; shutting down");
     trigger.trigger();
     task.await??;
+    if let Some(t) = audit_task {
+        let _ = t.await;
+    }
     Ok(exit::OK)
 }
 

@@ -29,7 +29,7 @@ use crate::tls::{self, IdentityDir};
 /// use exocom::tls::IdentityDir;
 ///
 /// # async fn demo() -> Result<(), exocom::relay::Error> {
-/// let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/todo".into() })
+/// let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/todo"))
 ///     .server_name("localhost")
 ///     .request_timeout(Duration::from_secs(5))
 ///     .max_outstanding_requests(1024)
@@ -159,7 +159,7 @@ impl RelayBuilder {
     /// struct NewTodo { text: String }
     ///
     /// # async fn demo() -> Result<(), exocom::relay::Error> {
-    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/todo".into() })
+    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/todo"))
     ///     .handle("todos.create", [1, 2], |msg: Incoming, responder: Responder| async move {
     ///         let todo: NewTodo = msg.json()?;
     ///         responder.publish("todo.created", &todo.text).await?;

@@ -237,7 +237,11 @@ impl<C: Connector> ConnectionTask<C> {
         let Session { mut reader, writer, welcome } = session;
         let max_frame =
             usize::try_from(welcome.max_frame).ok().filter(|m| *m > 0).unwrap_or(DEFAULT_MAX_FRAME);
-        tracing::info!(identity = %welcome.identity, service = %welcome.service, "connected to the router");
+        if generation == 1 {
+            tracing::debug!(identity = %welcome.identity, service = %welcome.service, "connected to the router");
+        } else {
+            tracing::info!(identity = %welcome.identity, service = %welcome.service, "reconnected to the router");
+        }
         self.state.send_modify(|s| {
             s.info = Some(SessionInfo { identity: welcome.identity, service: welcome.service, max_frame });
             s.connected = true;
@@ -370,8 +374,11 @@ impl<C: Connector> ConnectionTask<C> {
         };
         if header.kind == Kind::Reply as i32 {
             // Replies are consumed on receipt: a late or duplicate one is
-            // acknowledged and dropped, never redelivered.
-            self.acks.push(d.tag);
+            // acknowledged and dropped, never redelivered. Tag 0 means the
+            // router does not track the delivery, so there is nothing to ack.
+            if d.tag != 0 {
+                self.acks.push(d.tag);
+            }
             self.on_reply(&d, header, id);
             return Ok(());
         }

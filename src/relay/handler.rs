@@ -203,7 +203,7 @@ impl Responder {
     /// # use exocom::relay::{Relay, Incoming, Responder};
     /// # use exocom::tls::IdentityDir;
     /// # async fn demo() -> Result<(), exocom::relay::Error> {
-    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/todo".into() })
+    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/todo"))
     ///     .handle("todos.list", [1], |_msg: Incoming, responder: Responder| async move {
     ///         responder.reply("todos.listing", &["write docs"]).await
     ///     })
@@ -226,7 +226,7 @@ impl Responder {
     /// # use exocom::relay::{Relay, Incoming, Responder};
     /// # use exocom::tls::IdentityDir;
     /// # async fn demo() -> Result<(), exocom::relay::Error> {
-    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/todo".into() })
+    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/todo"))
     ///     .handle("files.read", [], |_msg: Incoming, mut responder: Responder| async move {
     ///         for chunk in ["a,b", "c,d"] {
     ///             responder.stream("files.chunk", chunk).await?;

@@ -11,7 +11,7 @@
 //! use exocom::tls::IdentityDir;
 //!
 //! # async fn demo() -> Result<(), exocom::relay::Error> {
-//! let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/web".into() })
+//! let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/web"))
 //!     .handle("todo.created", [], |msg: Incoming, _responder: Responder| async move {
 //!         let text: String = msg.json()?;
 //!         tracing::info!(%text, "a todo was created");
@@ -105,7 +105,7 @@ impl Relay {
     /// # use exocom::relay::Relay;
     /// # use exocom::tls::IdentityDir;
     /// # async fn demo() -> Result<(), exocom::relay::Error> {
-    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir { dir: "certs-example/web".into() })
+    /// let relay = Relay::builder("127.0.0.1:7443", IdentityDir::new("certs-example/web"))
     ///     .connect()
     ///     .await?;
     /// # Ok(()) }

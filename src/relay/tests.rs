@@ -113,7 +113,7 @@ impl Harness {
 }
 
 fn builder() -> RelayBuilder {
-    Relay::builder("unused:0", IdentityDir { dir: "unused".into() }).request_timeout(Duration::from_secs(5))
+    Relay::builder("unused:0", IdentityDir::new("unused")).request_timeout(Duration::from_secs(5))
 }
 
 /// Connects `builder` to a scripted router that completes the handshake.

@@ -63,7 +63,7 @@ pub(crate) async fn serve(
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
                 let reason = tls::handshake_failure_reason(&err);
-                warn!(reason, error = %err, "TLS handshake refused");
+                warn!(reason, detail = %tls::handshake_failure_detail(&err), "TLS handshake refused");
                 handshake_failed(&shared.audit, remote, reason);
                 return;
             }

@@ -203,12 +203,19 @@ const MAX_GRANTS_PER_SERVICE: usize = 4096;
 /// How far into a queue one dispatch pass looks for a message an instance can take.
 const SCAN_LIMIT: usize = 1024;
 
+/// An instance, named the way it survives a reconnect: its service and the
+/// instance id its relay keeps for the life of the process. Scoped by
+/// service, so one service can never claim another's instance.
+type InstanceKey = (Arc<str>, Arc<str>);
+
 struct ReplyRoute {
-    requester: ConnId,
+    /// The instance that sent the command; replies go to whichever
+    /// connection it has now (it may have reconnected since).
+    requester: InstanceKey,
     /// Services that may still reply (their stream has not ended).
     open: HashSet<Arc<str>>,
-    /// Connections the command was delivered to.
-    delivered_to: HashSet<ConnId>,
+    /// Instances the command was delivered to.
+    delivered_to: HashSet<InstanceKey>,
     deadline_ms: u64,
 }
 
@@ -221,6 +228,8 @@ pub struct Core {
     conns: HashMap<ConnId, Conn>,
     services: HashMap<Arc<str>, ServiceState>,
     replies: HashMap<Uuid, ReplyRoute>,
+    /// The current connection of each connected instance.
+    instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
 }
 
@@ -264,6 +273,7 @@ impl Core {
             conns: HashMap::new(),
             services: HashMap::new(),
             replies: HashMap::new(),
+            instances: HashMap::new(),
             next_tag: 1,
         }
     }
@@ -307,6 +317,7 @@ impl Core {
     fn connect(&mut self, handle: ConnHandle) {
         let id = handle.sender.conn;
         let service = handle.sender.service.clone();
+        self.instances.insert(instance_key(&handle.sender), id);
         self.conns.insert(
             id,
             Conn {
@@ -387,7 +398,7 @@ impl Core {
             self.replies.insert(
                 msg.id,
                 ReplyRoute {
-                    requester: sender_conn,
+                    requester: instance_key(&msg.sender),
                     open: receivers.iter().cloned().collect(),
                     delivered_to: HashSet::new(),
                     deadline_ms,
@@ -408,7 +419,7 @@ impl Core {
             self.refuse_reply(&msg, corr, "no open command with that id (never sent, finished or expired)");
             return;
         };
-        if !route.delivered_to.contains(&replier) {
+        if !route.delivered_to.contains(&instance_key(&msg.sender)) {
             self.refuse_reply(&msg, corr, "the command was not delivered to this instance");
             return;
         }
@@ -416,9 +427,8 @@ impl Core {
             self.refuse_reply(&msg, corr, "this service already ended its reply stream");
             return;
         }
-        let requester = route.requester;
-        let Some(req) = self.conns.get(&requester) else {
-            self.replies.remove(&command);
+        let Some(req) = self.instances.get(&route.requester).and_then(|c| self.conns.get(c)) else {
+            // The route stays until its deadline: the requester may be reconnecting.
             self.audit_msg(Event::Drop, &msg, None, None, |r| r.reason = Some(Arc::from("requester_gone")));
             // The replier did its part; the requester is gone, so the reply is dropped, not queued.
             self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None });
@@ -506,8 +516,11 @@ impl Core {
             s.instances.retain(|i| *i != conn);
             s.partitions.retain(|_, i| *i != conn);
         }
-        // Reply routes of this requester stay until their deadline, so a late
-        // reply is dropped and audited as `requester_gone` rather than refused.
+        // Reply routes stay: the instance may reconnect before its replies come.
+        let key = instance_key(&c.handle.sender);
+        if self.instances.get(&key) == Some(&conn) {
+            self.instances.remove(&key);
+        }
         let mut back: Vec<Queued> = c.inflight.into_values().map(|f| f.q).collect();
         back.sort_by_key(|q| q.seq);
         self.requeue(&service, back, "instance disconnected");
@@ -609,7 +622,7 @@ impl Core {
                 break;
             }
             if let Some(route) = self.replies.get_mut(&q.msg.id) {
-                route.delivered_to.insert(conn_id);
+                route.delivered_to.insert(instance_key(&conn.handle.sender));
             }
             audit_record(&self.audit, Event::Deliver, &q.msg, Some(service), Some(&decision.rule), |r| {
                 r.receiver_instance = Some(conn.handle.sender.instance.clone())
@@ -689,6 +702,10 @@ impl Core {
     pub fn queue_depths(&self) -> Vec<(Arc<str>, usize)> {
         self.services.iter().map(|(k, v)| (k.clone(), v.queue.len())).collect()
     }
+}
+
+fn instance_key(s: &Sender) -> InstanceKey {
+    (s.service.clone(), s.instance.clone())
 }
 
 fn pick(state: &mut ServiceState, conns: &HashMap<ConnId, Conn>, msg: &Message) -> Option<ConnId> {

@@ -55,13 +55,16 @@ pub struct TestBus {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A last change to the router's configuration before it starts.
+pub type Configure = Box<dyn FnOnce(&mut RouterConfig) + Send>;
+
 /// Options for [`TestBus::start_with`].
 pub struct BusOptions {
     pub policy: String,
     pub max_frame: Option<usize>,
     pub crls: Vec<PathBuf>,
     pub data_dir: bool,
-    pub configure: Option<Box<dyn FnOnce(&mut RouterConfig) + Send>>,
+    pub configure: Option<Configure>,
 }
 
 impl Default for BusOptions {
