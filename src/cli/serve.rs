@@ -294,6 +294,15 @@ async fn serve(
             audit_policy(&reload_audit, Event::PolicyRejected, &sha, serial, Some(&error));
         }
     }));
+    if let Some(dir) = &settings.data_dir {
+        match crate::store::Store::open(dir) {
+            Ok(store) => config.store = Arc::new(store),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Ok(exit::ERROR);
+            }
+        }
+    }
     let router = match Router::bind(config).await {
         Ok(r) => r,
         Err(err) => {

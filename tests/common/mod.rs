@@ -115,7 +115,10 @@ impl TestBus {
         if let Some(max) = opts.max_frame {
             config.limits.max_frame = max;
         }
-        assert!(!opts.data_dir, "durable store: not wired in this harness yet");
+        if opts.data_dir {
+            let store = exocom::store::Store::open(&dir.path().join("data")).unwrap();
+            config.store = std::sync::Arc::new(store);
+        }
         if let Some(f) = opts.configure {
             f(&mut config);
         }
