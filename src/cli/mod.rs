@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod certs;
+pub mod dlq;
 pub mod keygen;
 pub mod messaging;
 pub mod policy;
@@ -81,6 +82,9 @@ pub enum Command {
     Send(messaging::SendArgs),
     /// Receive messages and print them, optionally replying.
     Listen(messaging::ListenArgs),
+    /// List, show, replay and purge dead letters (router stopped).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Send(args) => messaging::run_send(args),
         Command::Listen(args) => messaging::run_listen(args),
+        Command::Dlq(cmd) => dlq::run(cmd),
     };
     match result {
         Ok(code) => code,

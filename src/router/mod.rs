@@ -169,6 +169,7 @@ impl Router {
             limits: config.limits.clone(),
             keys: keys::KeyDirectory::default(),
             next_conn: AtomicU64::new(1),
+            rates: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let acceptor = TlsAcceptor::from(config.tls);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));

@@ -18,12 +18,14 @@
 mod config;
 mod failure;
 mod identity;
+mod revocation;
 mod verifier;
 
 use std::path::PathBuf;
 
 pub use config::{client_config, server_config};
 pub use failure::{REASONS, handshake_failure_detail, handshake_failure_reason};
+pub use revocation::{LeafFacts, leaf_facts, revoked_serials};
 pub use identity::{
     IdentityError, MAX_SERVICE_NAME_LEN, MAX_TRUST_DOMAIN_LEN, PeerIdentity, identity_in_domain,
     identity_of_cert, parse_spiffe_service, validate_service_name, validate_trust_domain,
