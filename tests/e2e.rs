@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::TestBus;
 use common::proxy::{Dir, Proxy, pass};
+use common::{BusOptions, TestBus};
 use exocom::relay::{ErrorKind, Incoming, Responder};
 use exocom::wire::Body;
 use tokio::sync::mpsc;
@@ -153,10 +153,10 @@ async fn a_plain_relay_cannot_read_sealed_messages_and_a_sealed_one_refuses_plai
 /// The marker test: payloads with a unique marker are read by their
 /// receivers, while the marker is in no frame the router handles (recorded
 /// by pass-through proxies in front of both relays, both directions), and
-/// not in the audit log.
+/// not in the audit log and not in the durable store's files.
 #[tokio::test]
 async fn the_router_never_handles_a_plaintext() {
-    let bus = TestBus::start().await;
+    let bus = TestBus::start_with(BusOptions { data_dir: true, ..Default::default() }).await;
     let marker = format!("MARKER-{}", uuid::Uuid::new_v4());
     let web_proxy = Proxy::start(&bus, "web", pass()).await;
     let todo_proxy = Proxy::start(&bus, "todo", pass()).await;
@@ -199,6 +199,18 @@ async fn the_router_never_handles_a_plaintext() {
     let audit = std::fs::read(&bus.audit_path).unwrap();
     assert!(!audit.is_empty());
     assert!(!contains(&audit, needle), "marker in the audit log");
+    let mut files = vec![bus.dir.path().join("data")];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            checked += bytes.len();
+            assert!(!contains(&bytes, needle), "marker in store file {}", path.display());
+        }
+    }
+    assert!(checked > 0, "the store wrote files");
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
