@@ -226,3 +226,30 @@ async fn wait_for(f: impl Fn() -> bool) {
     }
     panic!("condition not reached");
 }
+
+#[tokio::test]
+async fn after_a_router_restart_new_messages_carry_new_grants() {
+    let bus = TestBus::start().await;
+    let addr = bus.addr;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = bus
+        .sealed("mailer")
+        .handle("user.created", [], forward("mailer", tx.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.sealed("web").connect().await.unwrap();
+    web.publish("user.created", &1).await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!(1));
+    first.close().await;
+
+    // The router restarts and forgets the grants it held in memory.
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir, BusOptions::default(), Some(addr)).await;
+    wait_for(|| web.is_connected()).await;
+    let later =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    web.publish("user.created", &2).await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!(2));
+    assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
+}

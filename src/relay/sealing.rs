@@ -257,6 +257,9 @@ impl PayloadCodec for E2e {
     }
 
     fn session_frames(&self, _instance: &str) -> Vec<Body> {
+        // The router may have restarted and lost the grants it kept in
+        // memory: new epochs carry new grants with their first messages.
+        lock(&self.sealer).rotate_all();
         let mut frames: Vec<Body> = self.announcement().into_iter().collect();
         lock(&self.keys).last_query_ms = now_ms();
         frames.push(Body::KeyQuery(KeyQuery { services: Vec::new() }));
@@ -317,11 +320,13 @@ impl PayloadCodec for E2e {
         if wanted.iter().all(|s| have.iter().any(|a| &a.service == s)) {
             return None;
         }
+        // With no key at all the send would fail: keep asking (the caller
+        // bounds the wait). With some keys, ask at most every 250 ms, so a
+        // policy service that never runs costs little.
+        let none = !wanted.iter().any(|s| have.iter().any(|a| &a.service == s));
         let mut book = lock(&self.keys);
-        // A fresh answer says the key is not there; an outstanding query
-        // (e.g. the one sent at connect) is worth waiting for.
         let outstanding = book.last_query_ms > book.answered_ms;
-        if !outstanding && now.saturating_sub(book.answered_ms) < MISSING_KEY_QUERY_MS {
+        if !none && !outstanding && now.saturating_sub(book.answered_ms) < MISSING_KEY_QUERY_MS {
             return None;
         }
         book.last_query_ms = now;

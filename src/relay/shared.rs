@@ -26,6 +26,8 @@ use crate::wire::{Body, Kind, RoutingHeader};
 
 /// How long a send waits for a key directory the codec asked for.
 const KEY_WAIT: Duration = Duration::from_secs(2);
+/// Pause between key queries while a send waits for keys.
+const KEY_RETRY: Duration = Duration::from_millis(100);
 
 /// What the router told us at the last `Welcome`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,14 +175,19 @@ impl Shared {
     /// the message, asks the router for its key directory and waits
     /// (briefly) for the answer; then the codec seals with what it has.
     async fn await_keys(&self, header: &RoutingHeader, deadline: Instant) {
-        let Some(query) = self.codec.missing_keys(header) else { return };
         let Some(mut updates) = self.codec.key_updates() else { return };
-        updates.borrow_and_update();
-        if self.commands.send(Command::Frame(Body::KeyQuery(query))).await.is_err() {
-            return;
-        }
         let until = deadline.min(Instant::now() + KEY_WAIT);
-        let _ = tokio::time::timeout_at(until, updates.changed()).await;
+        while let Some(query) = self.codec.missing_keys(header) {
+            updates.borrow_and_update();
+            if self.commands.send(Command::Frame(Body::KeyQuery(query))).await.is_err() {
+                return;
+            }
+            if tokio::time::timeout_at(until, updates.changed()).await.is_err() || Instant::now() >= until {
+                return;
+            }
+            // The receiver may be announcing right now: ask again shortly.
+            tokio::time::sleep(KEY_RETRY).await;
+        }
     }
 
     async fn send_and_wait(
