@@ -3,7 +3,7 @@
 //! [`PayloadCodec::open`].
 //!
 //! [`Plain`] sends JSON bytes as they are; end-to-end sealing
-//! ([`E2e`](super::E2e)) plugs in here without touching the handlers or the
+//! ([`RelayBuilder::end_to_end`](super::RelayBuilder::end_to_end)) plugs in here without touching the handlers or the
 //! router. The codec owns the final encoding of the routing header: the
 //! bytes it returns in [`SealedPayload::header`] are what goes on the wire
 //! and, for a sealed message, exactly the AEAD associated data. Replies are
