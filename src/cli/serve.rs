@@ -230,7 +230,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(settings, policy, keys, tls))
+    rt.block_on(serve(settings, policy, keys, tls, tls_files))
 }
 
 async fn serve(
@@ -238,6 +238,7 @@ async fn serve(
     policy: Policy,
     keys: Vec<PublicKey>,
     tls: Arc<rustls::ServerConfig>,
+    tls_files: ServerFiles,
 ) -> anyhow::Result<i32> {
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut config = RouterConfig::new(settings.listen, tls, policy);
@@ -310,6 +311,7 @@ async fn serve(
             return Ok(exit::ERROR);
         }
     };
+    spawn_tls_reload(router.tls_handle(), tls_files.clone(), shutdown.clone());
     let addr = router.local_addr()?;
     tracing::info!(%addr, policy = %settings.policy.display(), "router listening");
     if let Some(p) = &settings.audit_log {
@@ -332,6 +334,72 @@ fn audit_policy(audit: &AuditHandle, event: Event, sha256: &str, serial: u64, er
         r = r.reason(Arc::<str>::from(e));
     }
     let _ = audit.record(r);
+}
+
+/// Reloads TLS files (CA bundle, router certificate and key, CRLs) on
+/// SIGHUP and when one of them changes: new handshakes use the new files,
+/// and open connections whose certificate a CRL now revokes are closed. A
+/// file that does not load leaves the previous settings in force.
+fn spawn_tls_reload(
+    handle: crate::router::TlsHandle,
+    files: ServerFiles,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let stamp = |files: &ServerFiles| -> Vec<Option<std::time::SystemTime>> {
+        let mut paths = vec![&files.ca, &files.cert, &files.key];
+        paths.extend(files.crls.iter());
+        paths.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    };
+    let reload = move |files: &ServerFiles, handle: &crate::router::TlsHandle| {
+        let revoked = match tls::revoked_serials(&files.crls) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::warn!(%err, "CRLs not reloaded; the previous TLS settings stay in force");
+                return;
+            }
+        };
+        match tls::server_config(files) {
+            Ok(config) => {
+                tracing::info!(revoked = revoked.len(), "TLS settings reloaded");
+                handle.update(config, revoked);
+            }
+            Err(err) => tracing::warn!(%err, "TLS files not reloaded; the previous settings stay in force"),
+        }
+    };
+    // Serials already revoked at start (the handshake refuses them too).
+    if let Ok(revoked) = tls::revoked_serials(&files.crls) {
+        handle.update(handle.current(), revoked);
+    }
+    tokio::spawn(async move {
+        let mut last = stamp(&files);
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = hangup => reload(&files, &handle),
+                _ = poll.tick() => {
+                    let now = stamp(&files);
+                    if now != last {
+                        last = now;
+                        reload(&files, &handle);
+                    }
+                }
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

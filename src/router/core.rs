@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -45,6 +45,8 @@ pub enum Outbound {
         receivers: u32,
         /// Audit and store writes to wait for; `None` when nothing to wait for.
         durable: Option<Durable>,
+        /// The send's in-flight slot, released once the answer is written.
+        permit: Option<OwnedSemaphorePermit>,
     },
 }
 
@@ -74,20 +76,7 @@ pub enum Command {
         prefetch: u32,
     },
     /// Route an accepted command or event (policy-checked by the connection).
-    Route {
-        /// The message.
-        msg: Arc<Message>,
-        /// The send's correlation id.
-        corr: u64,
-        /// Services the policy lets receive it.
-        receivers: Arc<[Arc<str>]>,
-        /// End-to-end tags per receiving service.
-        tags: Vec<ServiceBlob>,
-        /// End-to-end grants per receiving service.
-        grants: Vec<ServiceBlob>,
-        /// The audit write of the send record.
-        audit: Option<audit::Ticket>,
-    },
+    Route(Route),
     /// Route a reply back to its requester.
     Reply {
         /// The reply.
@@ -96,6 +85,8 @@ pub enum Command {
         corr: u64,
         /// End-to-end tags (the requester's).
         tags: Vec<ServiceBlob>,
+        /// The send's in-flight slot on its connection.
+        permit: Option<OwnedSemaphorePermit>,
     },
     /// Deliveries acknowledged.
     Ack {
@@ -118,6 +109,24 @@ pub enum Command {
         /// The connection.
         conn: ConnId,
     },
+}
+
+/// An accepted command or event, ready to queue.
+pub struct Route {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The send's correlation id.
+    pub corr: u64,
+    /// Services the policy lets receive it.
+    pub receivers: Arc<[Arc<str>]>,
+    /// End-to-end tags per receiving service.
+    pub tags: Vec<ServiceBlob>,
+    /// End-to-end grants per receiving service.
+    pub grants: Vec<ServiceBlob>,
+    /// The audit write of the send record.
+    pub audit: Option<audit::Ticket>,
+    /// The send's in-flight slot on its connection.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Limits and defaults of the core.
@@ -304,10 +313,8 @@ impl Core {
             Command::Subscribe { conn, subscriptions, prefetch } => {
                 self.subscribe(conn, subscriptions, prefetch)
             }
-            Command::Route { msg, corr, receivers, tags, grants, audit } => {
-                self.route(msg, corr, &receivers, tags, grants, audit)
-            }
-            Command::Reply { msg, corr, tags } => self.reply(msg, corr, tags),
+            Command::Route(route) => self.route(route),
+            Command::Reply { msg, corr, tags, permit } => self.reply(msg, corr, tags, permit),
             Command::Ack { conn, tags } => self.ack(conn, tags),
             Command::Nack { conn, tag, requeue } => self.nack(conn, tag, requeue),
             Command::Disconnect { conn } => self.disconnect(conn),
@@ -342,15 +349,9 @@ impl Core {
         self.dispatch(&service);
     }
 
-    fn route(
-        &mut self,
-        msg: Arc<Message>,
-        corr: u64,
-        receivers: &[Arc<str>],
-        tags: Vec<ServiceBlob>,
-        grants: Vec<ServiceBlob>,
-        audit: Option<audit::Ticket>,
-    ) {
+    fn route(&mut self, route: Route) {
+        let Route { msg, corr, receivers, tags, grants, audit, permit } = route;
+        let receivers = &receivers[..];
         let sender_conn = msg.sender.conn;
         let size = msg.size();
         // All or nothing: refuse before queueing anywhere if any queue is full.
@@ -406,13 +407,22 @@ impl Core {
             );
         }
         let wait = combine(audit, durable);
-        self.push(sender_conn, Outbound::Accept { corr, receivers: receivers.len() as u32, durable: wait });
+        self.push(
+            sender_conn,
+            Outbound::Accept { corr, receivers: receivers.len() as u32, durable: wait, permit },
+        );
         for svc in receivers {
             self.dispatch(svc);
         }
     }
 
-    fn reply(&mut self, msg: Arc<Message>, corr: u64, tags: Vec<ServiceBlob>) {
+    fn reply(
+        &mut self,
+        msg: Arc<Message>,
+        corr: u64,
+        tags: Vec<ServiceBlob>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let replier = msg.sender.conn;
         let Some(command) = msg.response_to else { return };
         let Some(route) = self.replies.get(&command) else {
@@ -431,7 +441,7 @@ impl Core {
             // The route stays until its deadline: the requester may be reconnecting.
             self.audit_msg(Event::Drop, &msg, None, None, |r| r.reason = Some(Arc::from("requester_gone")));
             // The replier did its part; the requester is gone, so the reply is dropped, not queued.
-            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None });
+            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None, permit });
             return;
         };
         let req_service = req.handle.sender.service.clone();
@@ -466,7 +476,7 @@ impl Core {
                 self.replies.remove(&command);
             }
         }
-        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None });
+        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None, permit });
     }
 
     fn refuse_reply(&mut self, msg: &Message, corr: u64, why: &str) {

@@ -24,6 +24,7 @@ pub mod core;
 pub mod keys;
 pub mod message;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
@@ -80,6 +81,15 @@ pub struct RouterLimits {
     pub drain_timeout: Duration,
     /// Commands that may wait for the routing core.
     pub core_queue: usize,
+    /// Most connections of one service identity at once.
+    pub max_connections_per_identity: usize,
+    /// A connection silent this long is pinged; silent for twice as long, closed.
+    pub idle_timeout: Duration,
+    /// Sends of one connection accepted by the router but not yet answered;
+    /// past it the router stops reading that connection until answers go out.
+    pub max_in_flight: usize,
+    /// Most subscriptions (names) one instance may hold.
+    pub max_subscriptions: usize,
 }
 
 impl Default for RouterLimits {
@@ -92,6 +102,10 @@ impl Default for RouterLimits {
             outbox: 8192,
             drain_timeout: Duration::from_secs(5),
             core_queue: 8192,
+            max_connections_per_identity: 256,
+            idle_timeout: Duration::from_secs(60),
+            max_in_flight: 4096,
+            max_subscriptions: 1024,
         }
     }
 }
@@ -130,10 +144,47 @@ impl RouterConfig {
     }
 }
 
+/// Changes the router's TLS without a restart: a new certificate, CA
+/// bundle or CRLs take effect at the next handshake, and connections whose
+/// certificate a new CRL revokes are closed. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsHandle {
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+    revoked: Arc<watch::Sender<Arc<HashSet<Vec<u8>>>>>,
+}
+
+impl TlsHandle {
+    fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        let (tx, _) = watch::channel(Arc::new(HashSet::new()));
+        TlsHandle { config: Arc::new(ArcSwap::new(config)), revoked: Arc::new(tx) }
+    }
+
+    /// Uses `config` for every new handshake and closes live connections
+    /// whose certificate serial is in `revoked` (from [`crate::tls::revoked_serials`]).
+    pub fn update(&self, config: Arc<rustls::ServerConfig>, revoked: HashSet<Vec<u8>>) {
+        self.config.store(config);
+        self.revoked.send_replace(Arc::new(revoked));
+    }
+
+    /// The configuration new handshakes use now.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.load_full())
+    }
+
+    pub(crate) fn revocations(&self) -> watch::Receiver<Arc<HashSet<Vec<u8>>>> {
+        self.revoked.subscribe()
+    }
+}
+
 /// A bound router, ready to run.
 pub struct Router {
     listener: TcpListener,
     config: RouterConfig,
+    tls: TlsHandle,
 }
 
 impl Router {
@@ -142,7 +193,13 @@ impl Router {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| RouterError::Bind { addr: config.listen, source })?;
-        Ok(Router { listener, config })
+        let tls = TlsHandle::new(config.tls.clone());
+        Ok(Router { listener, config, tls })
+    }
+
+    /// The handle that swaps TLS settings while the router runs.
+    pub fn tls_handle(&self) -> TlsHandle {
+        self.tls.clone()
     }
 
     /// The address actually bound.
@@ -153,7 +210,7 @@ impl Router {
     /// Serves until `shutdown` fires, then stops accepting, lets connections
     /// write what they have queued, and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), RouterError> {
-        let Router { listener, config } = self;
+        let Router { listener, config, tls } = self;
         let mut core =
             core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core);
         let restored = core.restore(config.store.load()?)?;
@@ -169,9 +226,10 @@ impl Router {
             limits: config.limits.clone(),
             keys: keys::KeyDirectory::default(),
             next_conn: AtomicU64::new(1),
+            per_identity: std::sync::Mutex::new(std::collections::HashMap::new()),
+            tls: tls.clone(),
             rates: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
-        let acceptor = TlsAcceptor::from(config.tls);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut tasks = JoinSet::new();
         let mut stop = shutdown.clone();
@@ -198,7 +256,7 @@ impl Router {
                 },
                 _ = stop.wait() => break,
             };
-            let fut = connection::serve(tcp, remote, acceptor.clone(), shared.clone(), shutdown.clone());
+            let fut = connection::serve(tcp, remote, tls.acceptor(), shared.clone(), shutdown.clone());
             tasks.spawn(async move {
                 fut.await;
                 drop(permit);

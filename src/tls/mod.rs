@@ -25,11 +25,11 @@ use std::path::PathBuf;
 
 pub use config::{client_config, server_config};
 pub use failure::{REASONS, handshake_failure_detail, handshake_failure_reason};
-pub use revocation::{LeafFacts, leaf_facts, revoked_serials};
 pub use identity::{
     IdentityError, MAX_SERVICE_NAME_LEN, MAX_TRUST_DOMAIN_LEN, PeerIdentity, identity_in_domain,
     identity_of_cert, parse_spiffe_service, validate_service_name, validate_trust_domain,
 };
+pub use revocation::{LeafFacts, leaf_facts, revoked_serials};
 
 /// Why a TLS configuration or a peer identity was refused.
 ///

@@ -44,8 +44,9 @@ pub fn revoked_serials(paths: &[impl AsRef<Path>]) -> Result<HashSet<Vec<u8>>, T
         let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
         for der in CertificateRevocationListDer::pem_slice_iter(&pem) {
             let der = der.map_err(|source| TlsError::Pem { path: path.to_owned(), source })?;
-            let (_, crl) = x509_parser::parse_x509_crl(&der)
-                .map_err(|e| TlsError::Verifier(format!("{} does not parse as a CRL: {e}", path.display())))?;
+            let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| {
+                TlsError::Verifier(format!("{} does not parse as a CRL: {e}", path.display()))
+            })?;
             for revoked in crl.iter_revoked_certificates() {
                 serials.insert(trim(revoked.raw_serial()).to_vec());
             }
