@@ -273,6 +273,67 @@ impl Verifier {
     }
 }
 
+/// What a new token says.
+#[derive(Clone, Debug)]
+pub struct TokenRequest<'a> {
+    /// `sub`: who it is for (`security-reviewer`).
+    pub sub: &'a str,
+    /// Scopes it grants.
+    pub scopes: &'a [String],
+    /// Lifetime; at most [`MAX_LIFETIME_SECS`].
+    pub ttl: std::time::Duration,
+    /// `iss`: must match the router's pinned issuer.
+    pub iss: &'a str,
+}
+
+/// Why a token could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The lifetime is zero or longer than the router accepts.
+    #[error("lifetime must be between 1 s and {MAX_LIFETIME_SECS} s (15m)")]
+    Lifetime,
+    /// A scope is not one the router knows.
+    #[error("unknown scope {0:?}; known: {known}", known = scope::ALL.join(", "))]
+    Scope(String),
+    /// The subject is empty or too long.
+    #[error("sub must be 1 to {MAX_CLAIM_LEN} characters")]
+    Sub,
+    /// The key is not an Ed25519 private key in PEM (PKCS#8).
+    #[error("the signing key is not an Ed25519 private key (PEM, -----BEGIN PRIVATE KEY-----): {0}")]
+    Key(String),
+}
+
+/// Signs an admin token with the Ed25519 private key in `key_pem` (PKCS#8
+/// PEM, as `exocom certs init` writes `DIR/admin/key.pem`). For development
+/// and for small deployments without an identity provider.
+pub fn issue(key_pem: &[u8], req: &TokenRequest<'_>) -> Result<String, IssueError> {
+    let ttl = req.ttl.as_secs();
+    if ttl == 0 || ttl > MAX_LIFETIME_SECS {
+        return Err(IssueError::Lifetime);
+    }
+    if req.sub.is_empty() || req.sub.len() > MAX_CLAIM_LEN || req.sub.chars().any(char::is_control) {
+        return Err(IssueError::Sub);
+    }
+    if let Some(bad) = req.scopes.iter().find(|s| !scope::ALL.contains(&s.as_str())) {
+        return Err(IssueError::Scope(bad.clone()));
+    }
+    super::jwt_ring::install();
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(key_pem).map_err(|e| IssueError::Key(e.to_string()))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "iss": req.iss,
+        "sub": req.sub,
+        "aud": AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "scope": req.scopes.join(" "),
+    });
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::EdDSA), &claims, &key)
+        .map_err(|e| IssueError::Key(e.to_string()))
+}
+
 /// Reads the header's `alg` before anything else, so `none`, HS* and every
 /// other algorithm get one clear answer and never reach a key.
 fn check_alg(token: &str) -> Result<(), AuthError> {

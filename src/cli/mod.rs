@@ -13,6 +13,7 @@ pub mod keygen;
 pub mod messaging;
 pub mod policy;
 pub mod serve;
+pub mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -81,6 +82,9 @@ pub enum Command {
     Send(messaging::SendArgs),
     /// Receive messages and print them, optionally replying.
     Listen(messaging::ListenArgs),
+    /// Mint short-lived admin API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Send(args) => messaging::run_send(args),
         Command::Listen(args) => messaging::run_listen(args),
+        Command::Token(cmd) => token::run(cmd),
     };
     match result {
         Ok(code) => code,
