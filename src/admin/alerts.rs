@@ -192,8 +192,8 @@ mod tests {
     fn handshake_failures_count_per_address_not_port() {
         let (a, m) = alerts(0, 2);
         let t = 5 * 60_000;
-        a.handshake_failure_at("10.0.0.1:1000".parse().unwrap(), "unknown_ca", t);
-        a.handshake_failure_at("10.0.0.2:1000".parse().unwrap(), "unknown_ca", t);
+        a.handshake_failure_at("10.0.0.1:1000".parse().unwrap(), "unknown_issuer", t);
+        a.handshake_failure_at("10.0.0.2:1000".parse().unwrap(), "unknown_issuer", t);
         assert_eq!(alert_count(&m, "handshake_failures"), 0);
         a.handshake_failure_at("10.0.0.1:2000".parse().unwrap(), "no_certificate", t + 5);
         assert_eq!(alert_count(&m, "handshake_failures"), 1);

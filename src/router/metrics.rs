@@ -65,8 +65,15 @@ pub struct ServiceLabel {
 /// A `reason` label.
 #[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
 pub struct ReasonLabel {
-    /// A stable word (`unknown_ca`, `no_certificate`, `timeout`, ...).
+    /// A stable word (`unknown_issuer`, `no_certificate`, `timeout`, ...).
     pub reason: String,
+}
+
+/// A `status` label (HTTP status code).
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct StatusLabel {
+    /// `200`, `401`, ...
+    pub status: String,
 }
 
 /// A `kind` label of an alert.
@@ -88,7 +95,7 @@ pub struct Metrics {
     redelivered: Family<ServiceLabel, Counter>,
     handshake_failures: Family<ReasonLabel, Counter>,
     alerts: Family<AlertLabel, Counter>,
-    admin_calls: Family<ReasonLabel, Counter>,
+    admin_calls: Family<StatusLabel, Counter>,
     routing_latency: Histogram,
     connected: Family<ServiceLabel, Gauge>,
     queue_depth: Family<ServiceLabel, Gauge>,
@@ -202,7 +209,7 @@ impl Metrics {
 
     /// Counts an admin API call by its status code.
     pub fn admin_call(&self, status: u16) {
-        self.admin_calls.get_or_create(&ReasonLabel { reason: status.to_string() }).inc();
+        self.admin_calls.get_or_create(&StatusLabel { status: status.to_string() }).inc();
     }
 
     /// The text exposition (OpenMetrics), with the gauges set from
@@ -327,7 +334,7 @@ mod tests {
         core.routed(&name, &svc);
         core.delivered(&svc);
         metrics.denied("payments.refund", "web", "policy");
-        metrics.handshake_failed("unknown_ca");
+        metrics.handshake_failed("unknown_issuer");
         let text = metrics.encode(&empty(), &AuditHandle::disabled()).unwrap();
         assert!(
             text.contains(r#"exocom_messages_routed_total{name="todos.list",service="todo"} 2"#),
@@ -337,7 +344,7 @@ mod tests {
         assert!(text.contains(
             r#"exocom_messages_denied_total{name="payments.refund",service="web",reason="policy"} 1"#
         ));
-        assert!(text.contains(r#"exocom_handshake_failures_total{reason="unknown_ca"} 1"#));
+        assert!(text.contains(r#"exocom_handshake_failures_total{reason="unknown_issuer"} 1"#));
         assert!(text.contains("exocom_routing_latency_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));
     }

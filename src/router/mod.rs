@@ -199,7 +199,9 @@ impl Router {
                     config.metrics.clone(),
                     ac,
                 );
-                info!(addr = ?listener.local_addr().ok(), "admin API listening");
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "admin API listening");
+                }
                 Some(tokio::spawn(crate::admin::serve(
                     listener,
                     ac.tls.clone(),
