@@ -31,6 +31,10 @@
 //!                                                                  (payload: opaque bytes)
 //! ```
 
+// Library code reports through tracing and return values, never by printing;
+// it never unwraps what a peer or a file controls.
+#![warn(clippy::print_stdout, clippy::unwrap_used)]
+
 pub mod certs;
 pub mod policy;
 pub mod shutdown;

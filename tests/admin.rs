@@ -26,7 +26,7 @@ impl Reply {
     }
 }
 
-async fn start(configure: Option<Box<dyn FnOnce(&mut exocom::router::RouterConfig) + Send>>) -> TestBus {
+async fn start(configure: Option<Configure>) -> TestBus {
     TestBus::start_with(BusOptions { admin: true, configure, ..Default::default() }).await
 }
 
@@ -250,12 +250,18 @@ async fn metrics_count_a_routed_message_and_routes_queues_policy_answer() {
     assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'), "{p}");
     let e = get(&bus, "/policy/explain?sender=web&name=user.created&version=1", Some(&t)).await.json();
     assert_eq!(e["send"]["allowed"], true, "{e}");
-    let receivers: Vec<&str> =
-        e["receivers"].as_array().unwrap().iter().map(|r| r["service"].as_str().unwrap()).collect();
-    assert_eq!(receivers, ["mailer", "todo"]);
+    let mut receivers: Vec<&str> =
+        e["receivers"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    receivers.sort();
+    assert_eq!(receivers, ["mailer", "todo"], "{e}");
+    assert!(e["send"]["rule"].as_str().unwrap().contains("policy.toml:"), "{e}");
     let denied = get(&bus, "/policy/explain?sender=web&name=payments.refund", Some(&t)).await.json();
     assert_eq!(denied["send"]["allowed"], false);
     assert_eq!(get(&bus, "/policy/explain?sender=web", Some(&t)).await.status, 400);
+    let unknown = get(&bus, "/policy/explain?sender=wbe&name=todos.list", Some(&t)).await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.body.contains("did you mean"), "{}", unknown.body);
+    assert_eq!(p["sha256"].as_str().unwrap().len(), 64, "{p}");
 }
 
 #[tokio::test]

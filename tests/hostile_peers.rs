@@ -102,13 +102,14 @@ async fn certificates_from_another_ca_or_expired_are_refused() {
     bus.wait_audit(|v| v["event"] == "handshake_failed" && v["reason"] == "expired").await;
 
     // The relay reports a certificate problem as such.
-    let err = exocom::relay::Relay::builder(bus.addr.to_string(), foreign)
+    let Err(err) = exocom::relay::Relay::builder(bus.addr.to_string(), foreign)
         .retry_initial_connect(false)
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .err()
-        .expect("expired certificate connected");
+    else {
+        panic!("expired certificate connected")
+    };
     assert_eq!(err.kind(), ErrorKind::Certificate, "{err}");
     still_works(&web).await;
 }
@@ -117,13 +118,14 @@ async fn certificates_from_another_ca_or_expired_are_refused() {
 async fn a_valid_certificate_not_in_the_policy_is_refused_clearly() {
     let bus = TestBus::start().await;
     let (_todo, web) = healthy_pair(&bus).await;
-    let err = exocom::relay::Relay::builder(bus.addr.to_string(), bus.identity("stranger"))
+    let Err(err) = exocom::relay::Relay::builder(bus.addr.to_string(), bus.identity("stranger"))
         .retry_initial_connect(false)
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .err()
-        .expect("an identity outside the policy connected");
+    else {
+        panic!("an identity outside the policy connected")
+    };
     assert_eq!(err.kind(), ErrorKind::UnknownIdentity, "{err}");
     assert!(err.to_string().contains("spiffe://example.org/svc/stranger"), "{err}");
     let line = bus.wait_audit(|v| v["event"] == "deny" && v["reason"] == "unknown_identity").await;

@@ -209,26 +209,25 @@ fn explain(state: &AdminState, req: &Request) -> Response {
         Some(Ok(v)) if v >= 1 => v,
         Some(_) => return Response::error(400, "bad_request", "version must be a whole number ≥ 1"),
     };
-    if let Err(err) = crate::router::message::check_name(name) {
-        return Response::error(400, "bad_request", &err.to_string());
-    }
     let p = state.policy.load();
-    let send = p.check_send(sender, name, version);
-    let receivers: Vec<_> = if send.allowed {
-        p.receivers(name, version)
-            .iter()
-            .map(|r| json!({ "service": &**r, "rule": &*p.check_receive(r, name, version).rule }))
-            .collect()
-    } else {
-        Vec::new()
+    let e = match crate::policy::explain::explain(&p, sender, name, version, None) {
+        Ok(e) => e,
+        Err(err) => return Response::error(400, "bad_request", &err.to_string()),
     };
+    let deliveries: Vec<_> = e
+        .deliveries
+        .iter()
+        .map(|d| json!({ "service": &*d.service, "allowed": d.decision.allowed, "rule": &*d.decision.rule }))
+        .collect();
     Response::json(
         200,
         &json!({
-            "sender": sender, "name": name, "version": version,
-            "send": { "allowed": send.allowed, "rule": &*send.rule },
-            "receivers": receivers,
+            "sender": e.sender, "name": e.name, "version": e.version,
+            "send": { "allowed": e.send.allowed, "rule": &*e.send.rule },
+            "receivers": e.receivers(),
+            "deliveries": deliveries,
             "policy_sha256": p.sha256_hex(),
+            "policy_serial": p.serial(),
         }),
     )
 }

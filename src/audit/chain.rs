@@ -102,6 +102,7 @@ pub fn split(line: &[u8]) -> Result<(&[u8], [u8; HASH_LEN]), ChainError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

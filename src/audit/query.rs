@@ -230,6 +230,7 @@ pub fn table_row(e: &Entry) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

@@ -36,7 +36,7 @@ pub struct Summary {
     /// (sender, receiver or "") → count of denials.
     denied_edges: BTreeMap<(String, String), u64>,
     services: BTreeSet<String>,
-    /// name → minute → sends.
+    /// name → second → sends.
     volume: HashMap<String, BTreeMap<i64, u64>>,
     denials_by_identity: BTreeMap<String, u64>,
     denials_by_name: BTreeMap<String, u64>,
@@ -68,8 +68,9 @@ pub enum Verdict {
     Unverified,
 }
 
-fn minute(time: &str) -> Option<i64> {
-    OffsetDateTime::parse(time, &Rfc3339).ok().map(|t| t.unix_timestamp().div_euclid(60))
+/// The second a line was written (the time axis' unit).
+fn second_of(time: &str) -> Option<i64> {
+    OffsetDateTime::parse(time, &Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K) {
@@ -102,7 +103,7 @@ impl Summary {
                     bump(map.entry((s.clone(), r.clone())).or_default(), name.clone());
                 }
                 if e.event != "deliver"
-                    && let Some(m) = minute(&e.time)
+                    && let Some(m) = second_of(&e.time)
                 {
                     bump(self.volume.entry(name).or_default(), m);
                 }
@@ -116,7 +117,7 @@ impl Summary {
                 bump(&mut self.denied_edges, (who.clone(), e.receiver.clone().unwrap_or_default()));
                 bump(&mut self.denials_by_identity, who);
                 bump(&mut self.denials_by_name, name);
-                if let Some(m) = minute(&e.time) {
+                if let Some(m) = second_of(&e.time) {
                     bump(&mut self.denials_time, m);
                 }
             }
@@ -129,7 +130,7 @@ impl Summary {
                     .unwrap_or_else(|| "(unknown)".into());
                 bump(&mut self.handshake_by_identity, who);
                 bump(&mut self.handshake_by_reason, e.reason.clone().unwrap_or_else(|| "(no reason)".into()));
-                if let Some(m) = minute(&e.time) {
+                if let Some(m) = second_of(&e.time) {
                     bump(&mut self.handshake_time, m);
                 }
             }
@@ -148,7 +149,7 @@ impl Summary {
         if self.delivered.is_empty() { &self.sent_to } else { &self.delivered }
     }
 
-    fn minute_range(&self) -> Option<(i64, i64)> {
+    fn time_range(&self) -> Option<(i64, i64)> {
         let all = self
             .volume
             .values()
@@ -183,7 +184,7 @@ pub fn esc(text: &str) -> String {
     out
 }
 
-/// Per-bucket counts over [lo, hi] minutes.
+/// Per-bucket counts over [lo, hi] seconds.
 fn bucketize(series: &BTreeMap<i64, u64>, lo: i64, hi: i64) -> [u64; BUCKETS] {
     let mut out = [0u64; BUCKETS];
     let span = (hi - lo + 1).max(1);
@@ -194,11 +195,11 @@ fn bucketize(series: &BTreeMap<i64, u64>, lo: i64, hi: i64) -> [u64; BUCKETS] {
     out
 }
 
-fn minute_label(m: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(m * 60)
+fn time_label(m: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(m)
         .ok()
         .and_then(|t| {
-            t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).ok()
+            t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")).ok()
         })
         .unwrap_or_default()
 }
@@ -243,7 +244,7 @@ pub fn render(summary: &Summary, status: &Status, title: &str) -> String {
     }
     h.push_str("</table>");
 
-    let range = summary.minute_range();
+    let range = summary.time_range();
     h.push_str("<h2>Volume per message name over time</h2>");
     volume_chart(&mut h, summary, range);
 
@@ -329,8 +330,8 @@ fn talk_graph(h: &mut String, s: &Summary) {
         h,
         "<svg id=\"talk-graph\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">\
          <title>Who talks to whom</title><defs>\
-         <marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0L10,5L0,10z\" fill=\"#456\"/></marker>\
-         <marker id=\"arrow-deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0L10,5L0,10z\" fill=\"#c33\"/></marker></defs>"
+         <marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"12\" markerHeight=\"12\" orient=\"auto-start-reverse\"><path d=\"M0,0L10,5L0,10z\" fill=\"#456\"/></marker>\
+         <marker id=\"arrow-deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"12\" markerHeight=\"12\" orient=\"auto-start-reverse\"><path d=\"M0,0L10,5L0,10z\" fill=\"#c33\"/></marker></defs>"
     );
     if nodes.is_empty() {
         let _ = write!(
@@ -447,8 +448,8 @@ fn axis_labels(h: &mut String, range: (i64, i64), x0: f64, x1: f64, y: f64) {
     let _ = write!(
         h,
         "<text x=\"{x0}\" y=\"{y}\" font-size=\"11\" fill=\"#666\">{}</text><text x=\"{x1}\" y=\"{y}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">{}</text>",
-        minute_label(range.0),
-        minute_label(range.1 + 1)
+        time_label(range.0),
+        time_label(range.1 + 1)
     );
 }
 
@@ -558,6 +559,7 @@ fn bar_chart(h: &mut String, id: &str, series: &BTreeMap<i64, u64>, range: Optio
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

@@ -113,6 +113,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SegmentError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

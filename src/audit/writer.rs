@@ -579,16 +579,17 @@ impl Writer {
             FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
             FsyncPolicy::Never => false,
         };
-        if sync_now || job.stop {
-            if let Err(err) = self.sync() {
-                self.fail(&err, 0);
-                return Err(err);
-            }
+        if (sync_now || job.stop)
+            && let Err(err) = self.sync()
+        {
+            self.fail(&err, 0);
+            return Err(err);
         }
-        if !job.stop && self.rotate_due(Instant::now()) {
-            if let Err(err) = self.rotate() {
-                tracing::warn!(path = %self.path.display(), %err, "audit rotation failed; will retry");
-            }
+        if !job.stop
+            && self.rotate_due(Instant::now())
+            && let Err(err) = self.rotate()
+        {
+            tracing::warn!(path = %self.path.display(), %err, "audit rotation failed; will retry");
         }
         Ok(())
     }
@@ -654,12 +655,13 @@ impl Writer {
         if !self.unsynced {
             return Ok(());
         }
+        // Also after a failed fsync, so a failing disk is retried at the interval, not in a loop.
+        self.last_fsync = Instant::now();
         if let Some(file) = &self.file {
             file.sync_data()?;
             self.stats.fsyncs += 1;
         }
         self.unsynced = false;
-        self.last_fsync = Instant::now();
         Ok(())
     }
 
@@ -887,6 +889,7 @@ async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, in
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
     use crate::audit::chain::GENESIS;

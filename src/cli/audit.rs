@@ -4,8 +4,12 @@
 //! Turns arguments into [`crate::audit`] calls and prints. Never writes to a
 //! log it reads.
 
+// Printing results is what a CLI module is for.
+#![allow(clippy::print_stdout)]
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -407,30 +411,88 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
+/// Realistic-looking traffic for the benchmark (and a sample log for the report):
+/// sends and deliveries between a few services, some denials, handshake
+/// failures and policy loads.
+struct Synthetic {
+    routes: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
+    instance: Arc<str>,
+    rule: Arc<str>,
+}
+
+impl Synthetic {
+    fn new() -> Self {
+        let routes = [
+            ("web", "todo", "todos.list"),
+            ("web", "todo", "todos.create"),
+            ("todo", "web", "todos.listing"),
+            ("web", "billing", "invoices.get"),
+            ("billing", "ledger", "ledger.post"),
+            ("todo", "notify", "todo.created"),
+            ("billing", "notify", "invoice.paid"),
+        ]
+        .map(|(s, r, n)| (s.into(), r.into(), n.into()))
+        .to_vec();
+        Synthetic {
+            routes,
+            instance: uuid::Uuid::new_v4().to_string().into(),
+            rule: "policy.toml:12:3".into(),
+        }
+    }
+
+    fn record(&self, i: u64) -> Record {
+        match i % 100 {
+            97 => Record::new(Event::Deny)
+                .id(uuid::Uuid::now_v7())
+                .name(if i % 300 == 97 { "payments.refund" } else { "ledger.post" })
+                .version(1u32)
+                .sender("web")
+                .decision(Decision::Deny)
+                .rule("default")
+                .reason("web may not send this name"),
+            98 => Record::new(Event::HandshakeFailed)
+                .remote(std::net::SocketAddr::from((
+                    [10, 0, 0, (i % 7) as u8 + 2],
+                    40000 + (i % 1000) as u16,
+                )))
+                .reason(if i % 200 == 98 { "unknown CA" } else { "certificate expired" }),
+            99 if i % 5000 == 99 => Record::new(Event::PolicyLoaded)
+                .policy_serial(i / 5000 + 1)
+                .rule("policy/todo.toml")
+                .reason("policy loaded"),
+            _ => {
+                let (s, r, n) = &self.routes[((i / 2) as usize) % self.routes.len()];
+                let event = if i.is_multiple_of(2) { Event::Send } else { Event::Deliver };
+                let mut rec = Record::new(event)
+                    .id(uuid::Uuid::now_v7())
+                    .name(n.clone())
+                    .version(1u32)
+                    .sender(s.clone())
+                    .sender_instance(self.instance.clone())
+                    .decision(Decision::Allow)
+                    .rule(self.rule.clone())
+                    .bytes(200 + i % 300);
+                if event == Event::Deliver {
+                    rec = rec.receiver(r.clone()).attempt(1u32);
+                }
+                rec
+            }
+        }
+    }
+}
+
 async fn bench_writer(
     config: AuditConfig,
     lines: u64,
 ) -> anyhow::Result<(Duration, crate::audit::WriterStats)> {
     let (trigger, shutdown) = crate::shutdown::channel();
     let (handle, task) = crate::audit::start(config, shutdown)?;
-    let names: Vec<std::sync::Arc<str>> =
-        ["todos.list", "todos.create", "payments.refund", "user.created"].map(Into::into).to_vec();
-    let (web, todo): (std::sync::Arc<str>, std::sync::Arc<str>) = ("web".into(), "todo".into());
-    let instance: std::sync::Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let traffic = Synthetic::new();
     let started = Instant::now();
     let mut last = None;
     let mut i = 0u64;
     while i < lines {
-        let rec = Record::new(if i % 2 == 0 { Event::Send } else { Event::Deliver })
-            .id(uuid::Uuid::now_v7())
-            .name(names[(i % 4) as usize].clone())
-            .version(1u32)
-            .sender(web.clone())
-            .sender_instance(instance.clone())
-            .receiver(todo.clone())
-            .decision(Decision::Allow)
-            .rule("policy.toml:12:3")
-            .bytes(200 + i % 300);
+        let rec = traffic.record(i);
         match handle.record(rec) {
             Ok(ticket) => {
                 last = Some(ticket);

@@ -166,6 +166,9 @@ mod tests {
     fn routes_combine_policy_and_subscriptions() {
         let policy = crate::policy::Policy::parse(
             r#"
+[meta]
+trust_domain = "example.org"
+
 [services.web]
 id = "spiffe://example.org/svc/web"
 send = ["user.created"]

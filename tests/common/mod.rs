@@ -57,6 +57,9 @@ pub struct TestBus {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A last change to the router's configuration before it starts.
+pub type Configure = Box<dyn FnOnce(&mut RouterConfig) + Send>;
+
 /// Options for [`TestBus::start_with`].
 pub struct BusOptions {
     pub policy: String,
@@ -65,7 +68,7 @@ pub struct BusOptions {
     pub data_dir: bool,
     /// Serve the admin API on 127.0.0.1:0 (router certificate, `certs/admin/pub.pem`, issuer `exocom`).
     pub admin: bool,
-    pub configure: Option<Box<dyn FnOnce(&mut RouterConfig) + Send>>,
+    pub configure: Option<Configure>,
 }
 
 impl Default for BusOptions {

@@ -1,0 +1,389 @@
+//! The receiver side: grants, per-service tags, AEAD, sender checks,
+//! expiry and replay.
+//!
+//! One [`Opener`] per relay instance. [`Opener::open`] checks, in order:
+//!
+//! 1. the header decodes, is sealed (`seal = 1`) and is not a reply;
+//! 2. `header.sender` equals the sender the router authenticated
+//!    (`Deliver.sender_id`, and `Deliver.sender` is that id's service);
+//! 3. a grant for (sender, instance, epoch) is cached, or `Deliver.grant`
+//!    verifies (chain, SPIFFE id, signature, addressed to us), names this
+//!    sender, instance and epoch, and the trusted policy lets that sender
+//!    send the grant's name;
+//! 4. `header.name` equals the grant's name;
+//! 5. this service's tag `HMAC(ak, SHA-256(header ‖ payload))[..16]`
+//!    (constant-time compare);
+//! 6. expiry: `now ≤ expires_at_ms + skew` (0 = no expiry);
+//! 7. replay: the id is not in the inbox of processed ids and `seq` is not
+//!    marked processed (nor below) the window of its epoch;
+//! 8. the AEAD opens (ChaCha20-Poly1305, header bytes as associated data);
+//! 9. the envelope parses.
+//!
+//! Only then does a handler see the plaintext. Nothing is recorded as seen
+//! until [`Opener::mark_processed`]: a redelivery of a message whose handler
+//! did not finish passes again. Errors say what failed, never key material.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use prost::Message;
+use ring::aead::LessSafeKey;
+use ring::hmac;
+
+use super::crypto::{self, AUTH_TAG_LEN};
+use super::grant::{self, OpenLimits};
+use super::identity::TrustAnchors;
+use super::keys::ReceiveKey;
+use super::payload::{self, PayloadError};
+use super::replay::{Inbox, ReplayWindow, Seen};
+use super::reply::ReplyKey;
+use super::seal::{message_keys, nonce};
+use super::spiffe::parse_service_id;
+use super::{E2eError, SEAL_V1};
+use crate::wire::{Deliver, Kind, RoutingHeader};
+
+/// Why a delivery was refused. Every variant is a reason to nack (no
+/// requeue) and count; none of them reaches a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The header bytes do not decode, or a field has the wrong size.
+    #[error("malformed header: {0}")]
+    MalformedHeader(String),
+    /// The payload is not sealed (`seal` ≠ 1).
+    #[error("payload is not sealed")]
+    NotSealed,
+    /// A reply; open it with the request's [`crate::e2e::ReplyOpener`].
+    #[error("a reply; open it with the request's ReplyOpener")]
+    IsReply,
+    /// The sealed sender is not the sender the router authenticated.
+    #[error("sealed sender {header:?} is not the authenticated sender {authenticated:?}")]
+    SenderMismatch {
+        /// `header.sender`.
+        header: String,
+        /// `Deliver.sender_id` / `Deliver.sender`.
+        authenticated: String,
+    },
+    /// No grant for the header's epoch is known or attached.
+    #[error("no key grant for this sender epoch")]
+    NoGrant,
+    /// The attached grant failed verification or unwrapping.
+    #[error("bad key grant: {0}")]
+    BadGrant(#[source] E2eError),
+    /// The grant is valid but for another sender, instance, epoch or name.
+    #[error("grant does not match the message: {0}")]
+    GrantMismatch(&'static str),
+    /// The trusted policy does not let this sender send this name.
+    #[error("{sender} may not send {name}")]
+    Unauthorized {
+        /// The sender service.
+        sender: String,
+        /// The message name.
+        name: String,
+    },
+    /// This service's authentication tag is missing or wrong.
+    #[error("authentication tag does not verify")]
+    BadTag,
+    /// The AEAD did not open (payload or header altered, wrong key).
+    #[error("payload does not decrypt")]
+    BadAead,
+    /// Past `expires_at_ms` plus the allowed skew.
+    #[error("expired at {expires_at_ms} ms")]
+    Expired {
+        /// The header's expiry.
+        expires_at_ms: u64,
+    },
+    /// Already processed (same id or same sequence number).
+    #[error("replay of a processed message")]
+    Replay,
+    /// The sequence number is below the replay window.
+    #[error("sequence number below the replay window")]
+    TooOld,
+    /// The opened envelope is malformed.
+    #[error(transparent)]
+    MalformedPayload(#[from] PayloadError),
+    /// A reply to another command.
+    #[error("reply to another command")]
+    WrongCommand,
+    /// A reply stream skipped positions.
+    #[error("reply stream gap: expected {expected}, got {got}")]
+    StreamGap {
+        /// The next position expected.
+        expected: u64,
+        /// The position received.
+        got: u64,
+    },
+    /// A reply after the stream's final one.
+    #[error("reply after the end of the stream")]
+    AfterFinal,
+    /// The reply stream ended without its final reply.
+    #[error("reply stream truncated after {received} replies (no final reply)")]
+    Truncated {
+        /// Replies received.
+        received: u64,
+    },
+}
+
+impl OpenError {
+    /// A short stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MalformedHeader(_) => "malformed_header",
+            Self::NotSealed => "not_sealed",
+            Self::IsReply => "is_reply",
+            Self::SenderMismatch { .. } => "sender_mismatch",
+            Self::NoGrant => "no_grant",
+            Self::BadGrant(_) => "bad_grant",
+            Self::GrantMismatch(_) => "grant_mismatch",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::BadTag => "bad_tag",
+            Self::BadAead => "bad_aead",
+            Self::Expired { .. } => "expired",
+            Self::Replay => "replay",
+            Self::TooOld => "too_old",
+            Self::MalformedPayload(_) => "malformed_payload",
+            Self::WrongCommand => "wrong_command",
+            Self::StreamGap { .. } => "stream_gap",
+            Self::AfterFinal => "after_final",
+            Self::Truncated { .. } => "truncated",
+        }
+    }
+}
+
+/// Receiver limits.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenerConfig {
+    /// Clock skew tolerated on expiry and grant creation, ms (default 30 s).
+    pub skew_ms: u64,
+    /// Oldest grant accepted, ms (default 7 days: the longest a backlog may wait).
+    pub max_grant_age_ms: u64,
+    /// Most sender epochs kept (default 4096; the oldest is forgotten first).
+    pub max_epochs: usize,
+    /// Processed message ids remembered (default 100 000).
+    pub inbox_capacity: usize,
+}
+
+impl Default for OpenerConfig {
+    fn default() -> Self {
+        Self { skew_ms: 30_000, max_grant_age_ms: 7 * 86_400_000, max_epochs: 4096, inbox_capacity: 100_000 }
+    }
+}
+
+/// A delivery that passed every check.
+#[derive(Debug)]
+pub struct Opened {
+    /// The decoded header (authenticated).
+    pub header: RoutingHeader,
+    /// The application payload.
+    pub plaintext: Bytes,
+    /// The reply key, when the sender expects replies.
+    pub reply_key: Option<ReplyKey>,
+    /// The sender's service name (verified).
+    pub sender_service: String,
+}
+
+/// The policy question a receiver asks: may `sender_service` send `name`?
+pub type MaySend = dyn Fn(&str, &str) -> bool + Send + Sync;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct EpochRef {
+    sender_id: String,
+    instance: String,
+    epoch: [u8; 16],
+}
+
+struct EpochState {
+    name: String,
+    sender_service: String,
+    aead: LessSafeKey,
+    nonce_prefix: [u8; 4],
+    tag_key: hmac::Key,
+    window: ReplayWindow,
+}
+
+/// Opens deliveries for one relay instance.
+pub struct Opener {
+    keys: Vec<ReceiveKey>,
+    my_id: String,
+    anchors: TrustAnchors,
+    may_send: Box<MaySend>,
+    config: OpenerConfig,
+    epochs: HashMap<EpochRef, EpochState>,
+    order: VecDeque<EpochRef>,
+    inbox: Inbox,
+}
+
+impl Opener {
+    /// An opener for the service `my_id` (its SPIFFE id) holding
+    /// `receive_key`. `may_send(sender_service, name)` answers from the
+    /// trusted policy.
+    pub fn new(
+        receive_key: ReceiveKey,
+        my_id: impl Into<String>,
+        anchors: TrustAnchors,
+        may_send: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+        config: OpenerConfig,
+    ) -> Self {
+        Self {
+            keys: vec![receive_key],
+            my_id: my_id.into(),
+            anchors,
+            may_send: Box::new(may_send),
+            config,
+            epochs: HashMap::new(),
+            order: VecDeque::new(),
+            inbox: Inbox::new(config.inbox_capacity),
+        }
+    }
+
+    /// Also accept grants wrapped to `key` (the previous receive key while
+    /// a rotation overlaps).
+    pub fn add_receive_key(&mut self, key: ReceiveKey) {
+        if !self.keys.iter().any(|k| k.key_id() == key.key_id()) {
+            self.keys.push(key);
+        }
+    }
+
+    /// Checks and opens one delivery (see the module docs for the order).
+    pub fn open(&mut self, deliver: &Deliver, now_ms: u64) -> Result<Opened, OpenError> {
+        let header = decode_header(&deliver.header)?;
+        if header.seal != SEAL_V1 {
+            return Err(OpenError::NotSealed);
+        }
+        if header.kind == Kind::Reply as i32 {
+            return Err(OpenError::IsReply);
+        }
+        if header.id.len() != 16 {
+            return Err(OpenError::MalformedHeader("id must be 16 bytes".into()));
+        }
+        check_sender(&header, deliver)?;
+        let key = EpochRef {
+            sender_id: header.sender.clone(),
+            instance: header.sender_instance.clone(),
+            epoch: epoch_of(&header)?,
+        };
+        if !self.epochs.contains_key(&key) {
+            if deliver.grant.is_empty() {
+                return Err(OpenError::NoGrant);
+            }
+            let state = self.accept_grant(&deliver.grant, &key, now_ms)?;
+            self.insert_epoch(key.clone(), state);
+        }
+        let state = self.epochs.get(&key).ok_or(OpenError::NoGrant)?;
+        if state.name != header.name {
+            return Err(OpenError::GrantMismatch("name"));
+        }
+        let h = crypto::sha256(&[&deliver.header, &deliver.payload]);
+        let expected = crypto::auth_tag(&state.tag_key, &h);
+        if deliver.auth_tag.len() != AUTH_TAG_LEN || !crypto::ct_eq(&expected, &deliver.auth_tag) {
+            return Err(OpenError::BadTag);
+        }
+        if header.expires_at_ms != 0 && now_ms > header.expires_at_ms.saturating_add(self.config.skew_ms) {
+            return Err(OpenError::Expired { expires_at_ms: header.expires_at_ms });
+        }
+        if self.inbox.contains(&id_of(&header)) {
+            return Err(OpenError::Replay);
+        }
+        match state.window.check(header.seq) {
+            Seen::New => {}
+            Seen::Processed => return Err(OpenError::Replay),
+            Seen::TooOld => return Err(OpenError::TooOld),
+        }
+        let plain = crypto::open(
+            &state.aead,
+            nonce(&state.nonce_prefix, header.seq),
+            &deliver.header,
+            &deliver.payload,
+        )
+        .map_err(|_| OpenError::BadAead)?;
+        let (reply_key, at) = payload::decode(&plain)?;
+        let sender_service = state.sender_service.clone();
+        Ok(Opened { header, plaintext: Bytes::from(plain).slice(at..), reply_key, sender_service })
+    }
+
+    /// Records a message as processed (its handler succeeded): a later copy
+    /// with the same id or the same (sender, instance, epoch, seq) is a
+    /// replay. Call it before acking.
+    pub fn mark_processed(&mut self, header: &RoutingHeader) {
+        if header.id.len() == 16 {
+            self.inbox.insert(id_of(header));
+        }
+        let Ok(epoch) = epoch_of(header) else { return };
+        let key =
+            EpochRef { sender_id: header.sender.clone(), instance: header.sender_instance.clone(), epoch };
+        if let Some(state) = self.epochs.get_mut(&key) {
+            state.window.mark(header.seq);
+        }
+    }
+
+    fn accept_grant(&self, bytes: &[u8], key: &EpochRef, now_ms: u64) -> Result<EpochState, OpenError> {
+        let limits = OpenLimits { max_age_ms: self.config.max_grant_age_ms, skew_ms: self.config.skew_ms };
+        let g = grant::open(bytes, &self.keys, &self.my_id, &self.anchors, now_ms, limits)
+            .map_err(OpenError::BadGrant)?;
+        if g.sender_id != key.sender_id {
+            return Err(OpenError::GrantMismatch("sender"));
+        }
+        if g.sender_instance != key.instance {
+            return Err(OpenError::GrantMismatch("sender instance"));
+        }
+        if g.epoch != key.epoch {
+            return Err(OpenError::GrantMismatch("epoch"));
+        }
+        if !(self.may_send)(&g.sender.service, &g.name) {
+            return Err(OpenError::Unauthorized { sender: g.sender.service, name: g.name });
+        }
+        let (aead, nonce_prefix) =
+            message_keys(&g.secrets.sender_key, &g.epoch, &g.name).map_err(OpenError::BadGrant)?;
+        Ok(EpochState {
+            name: g.name,
+            sender_service: g.sender.service,
+            aead,
+            nonce_prefix,
+            tag_key: hmac::Key::new(hmac::HMAC_SHA256, &g.secrets.auth_key),
+            window: ReplayWindow::new(),
+        })
+    }
+
+    fn insert_epoch(&mut self, key: EpochRef, state: EpochState) {
+        while self.order.len() >= self.config.max_epochs.max(1) {
+            if let Some(old) = self.order.pop_front() {
+                self.epochs.remove(&old);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.epochs.insert(key, state);
+    }
+}
+
+pub(crate) fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, OpenError> {
+    RoutingHeader::decode(bytes.clone()).map_err(|e| OpenError::MalformedHeader(e.to_string()))
+}
+
+pub(crate) fn epoch_of(header: &RoutingHeader) -> Result<[u8; 16], OpenError> {
+    header.epoch.as_ref().try_into().map_err(|_| OpenError::MalformedHeader("epoch must be 16 bytes".into()))
+}
+
+fn id_of(header: &RoutingHeader) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if header.id.len() == 16 {
+        id.copy_from_slice(&header.id);
+    }
+    id
+}
+
+/// `header.sender` must be the router-authenticated identity.
+pub(crate) fn check_sender(header: &RoutingHeader, deliver: &Deliver) -> Result<(), OpenError> {
+    let mismatch = || OpenError::SenderMismatch {
+        header: header.sender.clone(),
+        authenticated: deliver.sender_id.clone(),
+    };
+    if header.sender != deliver.sender_id {
+        return Err(mismatch());
+    }
+    if !deliver.sender.is_empty() {
+        let id = parse_service_id(&deliver.sender_id).map_err(|_| mismatch())?;
+        if id.service != deliver.sender {
+            return Err(mismatch());
+        }
+    }
+    Ok(())
+}
