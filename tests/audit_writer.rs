@@ -127,6 +127,7 @@ async fn a_marker_reaches_the_log_only_through_a_named_field() {
         .decision(Decision::Deny)
         .rule("policy.toml:9:1")
         .policy_serial(4u64)
+        .policy_sha256(std::sync::Arc::<str>::from("ab12"))
         .bytes(5u64)
         .attempt(1u32)
         .conn(7u64)
@@ -159,6 +160,7 @@ async fn a_marker_reaches_the_log_only_through_a_named_field() {
         "decision",
         "rule",
         "policy_serial",
+        "policy_sha256",
         "bytes",
         "attempt",
         "conn",

@@ -330,3 +330,36 @@ async fn replies_reach_a_requester_that_reconnected_meanwhile() {
         _ => unreachable!(),
     }
 }
+
+#[tokio::test]
+async fn relays_reconnect_and_resubscribe_after_a_router_restart() {
+    let bus = TestBus::start().await;
+    let addr = bus.addr;
+    let todo = bus
+        .builder("todo")
+        .handle("todos.list", [1], |_msg, reply| async move {
+            reply.reply("todos.listing", &json!(["again"])).await
+        })
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.relay("web").await;
+    web.request_one("todos.list", &json!({})).await.unwrap();
+
+    // Stop the router and start a new one on the same address.
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir, BusOptions::default(), Some(addr)).await;
+    let mut ok = false;
+    for _ in 0..100 {
+        if todo.is_connected()
+            && web.is_connected()
+            && web.request_one("todos.list", &json!({})).await.is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "relays did not reconnect and re-subscribe to the restarted router");
+    drop(bus);
+}

@@ -205,6 +205,9 @@ pub struct Record {
     /// Serial of the policy in force.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_serial: Option<u64>,
+    /// SHA-256 (hex) of the exact policy file bytes, on `policy_loaded`/`policy_rejected`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_str")]
+    pub policy_sha256: Option<Arc<str>>,
     /// Payload size in bytes (the size only, never the contents).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
@@ -263,6 +266,7 @@ impl Record {
             decision: None,
             rule: None,
             policy_serial: None,
+            policy_sha256: None,
             bytes: None,
             attempt: None,
             conn: None,
@@ -297,6 +301,8 @@ impl Record {
         rule: Arc<str>;
         /// Sets the policy serial.
         policy_serial: u64;
+        /// Sets the policy file's SHA-256.
+        policy_sha256: Arc<str>;
         /// Sets the payload size.
         bytes: u64;
         /// Sets the delivery attempt.

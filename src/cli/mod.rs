@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod certs;
+pub mod dlq;
 pub mod keygen;
 pub mod messaging;
 pub mod policy;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Mint short-lived admin API tokens.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// List, show, replay and purge dead letters (router stopped).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Send(args) => messaging::run_send(args),
         Command::Listen(args) => messaging::run_listen(args),
         Command::Token(cmd) => token::run(cmd),
+        Command::Dlq(cmd) => dlq::run(cmd),
     };
     match result {
         Ok(code) => code,

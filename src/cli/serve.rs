@@ -14,9 +14,11 @@ use serde::Deserialize;
 use crate::admin::AdminConfig;
 use crate::admin::alerts::AlertConfig;
 use crate::admin::auth::Verifier;
-use crate::audit::{self, AuditConfig, FsyncPolicy};
+use crate::audit::{self, AuditConfig, AuditHandle, Event, FsyncPolicy, Record};
 use crate::cli::exit;
 use crate::policy::Policy;
+use crate::policy::reload::{PolicyReloader, ReloadEvent};
+use crate::policy::sign::PublicKey;
 use crate::router::{Router, RouterConfig};
 use crate::tls::{self, ServerFiles};
 
@@ -50,6 +52,11 @@ pub struct ServeArgs {
     /// The policy file.
     #[arg(long, value_name = "TOML")]
     pub policy: Option<PathBuf>,
+    /// A security team's Ed25519 public key (PEM); repeat for several. When
+    /// given, the router loads only a policy with a valid detached signature
+    /// (`FILE.sig`, from `exocom policy sign`), at start and at every reload.
+    #[arg(long = "policy-pubkey", value_name = "PEM")]
+    pub policy_pubkeys: Vec<PathBuf>,
     /// Where to write the audit log (JSON lines) [default: no audit log].
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
@@ -117,6 +124,8 @@ struct FileSettings {
     #[serde(default)]
     crl: Vec<PathBuf>,
     policy: Option<PathBuf>,
+    #[serde(default)]
+    policy_pubkey: Vec<PathBuf>,
     audit_log: Option<PathBuf>,
     audit_key: Option<PathBuf>,
     audit_fsync: Option<AuditFsync>,
@@ -155,6 +164,8 @@ pub struct Settings {
     pub tls: ServerFiles,
     /// Policy file.
     pub policy: PathBuf,
+    /// Keys a policy must be signed with (none: signatures not required).
+    pub policy_pubkeys: Vec<PathBuf>,
     /// Audit log path.
     pub audit_log: Option<PathBuf>,
     /// Audit checkpoint signing key.
@@ -197,6 +208,8 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             rel(&mut f.audit_key);
             rel(&mut f.data_dir);
             rel(&mut f.admin_pubkey);
+            f.policy_pubkey =
+                f.policy_pubkey.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
             f.crl = f.crl.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
             f
         }
@@ -239,6 +252,7 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             trust_domain: None,
         },
         policy: need(args.policy.or(file.policy), "policy")?,
+        policy_pubkeys: if args.policy_pubkeys.is_empty() { file.policy_pubkey } else { args.policy_pubkeys },
         audit_log: args.audit_log.or(file.audit_log),
         audit_key: args.audit_key.or(file.audit_key),
         audit_fsync: args.audit_fsync.or(file.audit_fsync).unwrap_or(AuditFsync::Interval),
@@ -257,14 +271,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             return Ok(exit::USAGE);
         }
     };
-    let policy = match Policy::from_file(&settings.policy) {
+    let mut keys = Vec::new();
+    for path in &settings.policy_pubkeys {
+        match PublicKey::from_pem_file(path) {
+            Ok(k) => keys.push(k),
+            Err(err) => {
+                eprintln!("error: policy key {}: {err}", path.display());
+                return Ok(exit::USAGE);
+            }
+        }
+    }
+    let loaded = if keys.is_empty() {
+        Policy::from_file(&settings.policy)
+    } else {
+        Policy::from_file_signed(&settings.policy, &keys)
+    };
+    let policy = match loaded {
         Ok(p) => p,
         Err(err) => {
-            eprintln!("error: policy {} is invalid:\n{err}", settings.policy.display());
+            eprintln!("error: policy {} refused:\n{err}", settings.policy.display());
             return Ok(exit::USAGE);
         }
     };
-    let tls = match tls::server_config(&settings.tls) {
+    let mut tls_files = settings.tls.clone();
+    // Only identities of the policy's trust domain may even complete a handshake.
+    tls_files.trust_domain = Some(policy.trust_domain().to_string());
+    let tls = match tls::server_config(&tls_files) {
         Ok(t) => t,
         Err(err) => {
             eprintln!("error: {err}");
@@ -282,7 +314,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(settings, policy, tls, admin))
+    rt.block_on(serve(settings, policy, keys, tls, admin))
 }
 
 fn admin_config(a: &AdminSettings, files: &ServerFiles) -> anyhow::Result<AdminConfig> {
@@ -297,6 +329,7 @@ fn admin_config(a: &AdminSettings, files: &ServerFiles) -> anyhow::Result<AdminC
 async fn serve(
     settings: Settings,
     policy: Policy,
+    keys: Vec<PublicKey>,
     tls: Arc<rustls::ServerConfig>,
     admin: Option<AdminConfig>,
 ) -> anyhow::Result<i32> {
@@ -331,6 +364,41 @@ async fn serve(
     } else {
         tracing::warn!("no --audit-log: routing is not audited");
     }
+    audit_policy(
+        &config.audit,
+        Event::PolicyLoaded,
+        config.policy.load().sha256_hex(),
+        config.policy.load().serial(),
+        None,
+    );
+    let reloader = PolicyReloader::new(settings.policy.clone(), keys, config.policy.clone());
+    let reload_audit = config.audit.clone();
+    let reload_policy = config.policy.clone();
+    let reload_path = settings.policy.clone();
+    tokio::spawn(reloader.watch(shutdown.clone(), move |event| match event {
+        ReloadEvent::Loaded { sha256, serial } => {
+            tracing::info!(%sha256, serial, "policy reloaded");
+            audit_policy(&reload_audit, Event::PolicyLoaded, &sha256, serial, None);
+        }
+        ReloadEvent::Rejected { error } => {
+            tracing::warn!(%error, "new policy refused; the previous one stays in force");
+            // Record which bytes were refused (the file as it is now), not the policy in force.
+            let sha = std::fs::read(&reload_path)
+                .map(|b| hex::encode(ring::digest::digest(&ring::digest::SHA256, &b)))
+                .unwrap_or_else(|_| "unreadable".into());
+            let serial = reload_policy.load().serial();
+            audit_policy(&reload_audit, Event::PolicyRejected, &sha, serial, Some(&error));
+        }
+    }));
+    if let Some(dir) = &settings.data_dir {
+        match crate::store::Store::open(dir) {
+            Ok(store) => config.store = Arc::new(store),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Ok(exit::ERROR);
+            }
+        }
+    }
     let router = match Router::bind(config).await {
         Ok(r) => r,
         Err(err) => {
@@ -352,6 +420,14 @@ async fn serve(
         let _ = t.await;
     }
     Ok(exit::OK)
+}
+
+fn audit_policy(audit: &AuditHandle, event: Event, sha256: &str, serial: u64, error: Option<&str>) {
+    let mut r = Record::new(event).policy_sha256(Arc::<str>::from(sha256)).policy_serial(serial);
+    if let Some(e) = error {
+        r = r.reason(Arc::<str>::from(e));
+    }
+    let _ = audit.record(r);
 }
 
 async fn wait_for_signal() {

@@ -7,11 +7,13 @@
 //! and never affects another connection. It checks each send against the
 //! policy before the core sees it, so the core only routes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -31,6 +33,7 @@ use super::metrics::Metrics;
 use crate::admin::alerts::Alerts;
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
+use crate::policy::{Rate, TokenBucket};
 use crate::shutdown::Shutdown;
 use crate::tls;
 use crate::wire::{
@@ -48,6 +51,8 @@ pub(crate) struct Shared {
     pub next_conn: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub alerts: Arc<Alerts>,
+    /// Send-rate buckets per service, for services whose policy sets a rate.
+    pub rates: std::sync::Mutex<HashMap<Arc<str>, TokenBucket>>,
 }
 
 type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
@@ -347,6 +352,19 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             format!("{} bytes exceeds the policy's limit of {max} bytes for {}", msg.payload.len(), msg.name);
         return Err(Box::new(error_frame(corr, ErrorCode::MessageTooLarge, text)));
     }
+    if let Some(rate) = limits.rate
+        && !take_token(shared, &sender.service, rate)
+    {
+        super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
+            r.reason = Some(Arc::from("rate_limited"))
+        });
+        shared.metrics.denied(&msg.name, &sender.service, "rate_limited");
+        let text = format!(
+            "{} is over its send rate of {}/s (burst {})",
+            sender.service, rate.per_second, rate.burst
+        );
+        return Err(Box::new(error_frame(corr, ErrorCode::RateLimited, text)));
+    }
     let msg = Arc::new(msg);
     if msg.kind == Kind::Reply {
         return Ok(Command::Reply { msg, corr, tags: send.tags });
@@ -362,6 +380,18 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
         ))
     })?;
     Ok(Command::Route { msg, corr, receivers, tags: send.tags, grants: send.grants, audit: Some(ticket) })
+}
+
+/// Takes one token from the service's bucket (made on first use, re-rated
+/// when a policy reload changed the rate).
+fn take_token(shared: &Shared, service: &Arc<str>, rate: Rate) -> bool {
+    let now = Instant::now();
+    let Ok(mut buckets) = shared.rates.lock() else { return true };
+    let bucket = buckets.entry(service.clone()).or_insert_with(|| TokenBucket::new(rate, now));
+    if bucket.rate() != rate {
+        bucket.set_rate(rate, now);
+    }
+    bucket.try_take(now)
 }
 
 fn fill(r: &mut Record, msg: &Message, rule: &Arc<str>) {

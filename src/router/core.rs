@@ -570,7 +570,7 @@ impl Core {
     fn dead_letter(&mut self, service: &Arc<str>, q: Queued, why: &str) {
         warn!(service = %service, name = %q.msg.name, id = %q.msg.id, why, "message dead-lettered");
         self.audit_msg(Event::DeadLetter, &q.msg, Some(service), None, |r| r.reason = Some(Arc::from(why)));
-        self.store.remove(service, q.seq);
+        self.store.dead_letter(service, q.seq, why, q.attempts);
         if let Some(s) = self.services.get_mut(service) {
             s.bytes = s.bytes.saturating_sub(q.msg.size());
         }

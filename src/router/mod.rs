@@ -221,6 +221,7 @@ impl Router {
             next_conn: AtomicU64::new(1),
             metrics: config.metrics.clone(),
             alerts,
+            rates: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let acceptor = TlsAcceptor::from(config.tls);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));

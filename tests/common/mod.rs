@@ -133,6 +133,10 @@ impl TestBus {
                 metrics_public: false,
             });
         }
+        if opts.data_dir {
+            let store = exocom::store::Store::open(&dir.path().join("data")).unwrap();
+            config.store = std::sync::Arc::new(store);
+        }
         if let Some(f) = opts.configure {
             f(&mut config);
         }
@@ -259,4 +263,61 @@ pub async fn read_until(reader: &mut RawReader, f: impl Fn(&Body) -> bool) -> Bo
     })
     .await
     .expect("timed out waiting for a frame")
+}
+
+/// The real `exocom serve` binary as a child process, for tests of what only
+/// the binary does (signals, reload, restart on the same data).
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ServeProcess {
+    /// Starts `exocom serve` with the certificates in `certs`, `policy`, and
+    /// `extra` arguments, on a free port; waits until it accepts connections.
+    pub async fn start(certs: &Path, policy: &Path, extra: &[&std::ffi::OsStr]) -> ServeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_exocom"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("router/cert.pem"))
+            .arg("--key")
+            .arg(certs.join("router/key.pem"))
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .env("EXOCOM_LOG", "warn")
+            .spawn()
+            .unwrap();
+        // Owned by the guard from here on, so every path kills and reaps it.
+        let process = ServeProcess { child, addr };
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("exocom serve did not start on {addr}");
+    }
+
+    /// Sends a signal (e.g. "HUP", "TERM", "KILL") to the router process.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.unwrap().success(), "kill -{sig} failed");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
