@@ -28,7 +28,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::core::{Command, ConnHandle, Outbound, Route};
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
+use super::metrics::Metrics;
 use super::{RouterLimits, TlsHandle};
+use crate::admin::alerts::Alerts;
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
 use crate::policy::{Rate, TokenBucket};
@@ -47,6 +49,8 @@ pub(crate) struct Shared {
     pub limits: RouterLimits,
     pub keys: KeyDirectory,
     pub next_conn: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub alerts: Arc<Alerts>,
     /// Send-rate buckets per service, for services whose policy sets a rate.
     pub rates: std::sync::Mutex<HashMap<Arc<str>, TokenBucket>>,
     /// Open connections per identity (SPIFFE URI).
@@ -104,12 +108,12 @@ pub(crate) async fn serve(
             Ok(Err(err)) => {
                 let reason = tls::handshake_failure_reason(&err);
                 warn!(reason, detail = %tls::handshake_failure_detail(&err), "TLS handshake refused");
-                handshake_failed(&shared.audit, remote, reason);
+                handshake_failed(&shared, remote, reason);
                 return;
             }
             Err(_) => {
                 warn!("TLS handshake timed out");
-                handshake_failed(&shared.audit, remote, "timeout");
+                handshake_failed(&shared, remote, "timeout");
                 return;
             }
         };
@@ -117,7 +121,7 @@ pub(crate) async fn serve(
             Ok(id) => id,
             Err(err) => {
                 warn!(error = %err, "peer identity refused");
-                handshake_failed(&shared.audit, remote, "bad_identity");
+                handshake_failed(&shared, remote, "bad_identity");
                 return;
             }
         };
@@ -126,7 +130,7 @@ pub(crate) async fn serve(
             Ok(f) => f,
             Err(err) => {
                 warn!(error = %err, "peer certificate unreadable");
-                handshake_failed(&shared.audit, remote, "bad_identity");
+                handshake_failed(&shared, remote, "bad_identity");
                 return;
             }
         };
@@ -154,12 +158,14 @@ pub(crate) async fn serve(
     .await
 }
 
-fn handshake_failed(audit: &AuditHandle, remote: SocketAddr, reason: &'static str) {
+fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str) {
     let mut r = Record::new(Event::HandshakeFailed);
     r.remote = Some(remote);
     r.reason = Some(Arc::from(reason));
     r.decision = Some(audit::Decision::Deny);
-    let _ = audit.record(r);
+    let _ = shared.audit.record(r);
+    shared.metrics.handshake_failed(reason);
+    shared.alerts.handshake_failure(remote, reason);
 }
 
 fn error_frame(corr: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -210,6 +216,8 @@ async fn greet(
         r.reason = Some(Arc::from("unknown_identity"));
         r.decision = Some(audit::Decision::Deny);
         let _ = shared.audit.record(r);
+        shared.metrics.handshake_failed("unknown_identity");
+        shared.alerts.denial(&Arc::from(uri), Some(remote));
         let text = format!("identity {uri} is not a service in the router's policy");
         let _ = writer.write_frame(&refuse(ErrorCode::UnknownIdentity, text)).await;
         return None;
@@ -425,6 +433,8 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
     let decision = policy.check_send(&sender.service, &msg.name, msg.version);
     if !decision.allowed {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |_| {});
+        shared.metrics.denied(&msg.name, &sender.service, "policy");
+        shared.alerts.denial(&sender.service, None);
         let text =
             format!("{} may not send {} (v{}): {}", sender.service, msg.name, msg.version, decision.rule);
         return Err(Box::new(error_frame(corr, ErrorCode::Denied, text)));
@@ -436,6 +446,8 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
             r.reason = Some(Arc::from("too_large"))
         });
+        shared.metrics.denied(&msg.name, &sender.service, "too_large");
+        shared.alerts.denial(&sender.service, None);
         let text =
             format!("{} bytes exceeds the policy's limit of {max} bytes for {}", msg.payload.len(), msg.name);
         return Err(Box::new(error_frame(corr, ErrorCode::MessageTooLarge, text)));
@@ -446,6 +458,7 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
             r.reason = Some(Arc::from("rate_limited"))
         });
+        shared.metrics.denied(&msg.name, &sender.service, "rate_limited");
         let text = format!(
             "{} is over its send rate of {}/s (burst {})",
             sender.service, rate.per_second, rate.burst

@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::introspect::Snapshot;
 use super::message::{ConnId, Message, Sender, now_ms};
+use super::metrics::{CoreMetrics, Metrics};
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
@@ -109,6 +111,8 @@ pub enum Command {
         /// The connection.
         conn: ConnId,
     },
+    /// Report the routing state (admin API, metrics scrape).
+    Introspect(oneshot::Sender<Snapshot>),
 }
 
 /// An accepted command or event, ready to queue.
@@ -182,6 +186,7 @@ struct Conn {
     inflight: HashMap<u64, Inflight>,
     /// Epochs whose grant this connection has been sent.
     grants_sent: HashSet<Bytes>,
+    connected_ms: u64,
 }
 
 impl Conn {
@@ -240,6 +245,7 @@ pub struct Core {
     /// The current connection of each connected instance.
     instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
+    metrics: CoreMetrics,
 }
 
 /// Runs the core until shutdown or until every sender is gone.
@@ -284,7 +290,14 @@ impl Core {
             replies: HashMap::new(),
             instances: HashMap::new(),
             next_tag: 1,
+            metrics: CoreMetrics::new(Arc::new(Metrics::new())),
         }
+    }
+
+    /// Counts into `metrics` (by default the core counts into a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = CoreMetrics::new(metrics);
+        self
     }
 
     /// Queues entries reloaded from the store (at start, before any connection).
@@ -318,6 +331,9 @@ impl Core {
             Command::Ack { conn, tags } => self.ack(conn, tags),
             Command::Nack { conn, tag, requeue } => self.nack(conn, tag, requeue),
             Command::Disconnect { conn } => self.disconnect(conn),
+            Command::Introspect(reply) => {
+                let _ = reply.send(self.snapshot(now_ms()));
+            }
         }
     }
 
@@ -333,6 +349,7 @@ impl Core {
                 prefetch: self.config.default_prefetch,
                 inflight: HashMap::new(),
                 grants_sent: HashSet::new(),
+                connected_ms: now_ms(),
             },
         );
         self.services.entry(service).or_default().instances.push(id);
@@ -368,6 +385,7 @@ impl Core {
                 self.audit_msg(Event::Deny, &msg, Some(svc), None, |r| {
                     r.reason = Some(Arc::from("queue_full"))
                 });
+                self.metrics.denied(&msg.name, &msg.sender.service, "queue_full");
                 self.send_error(sender_conn, corr, ErrorCode::QueueFull, text);
                 return;
             }
@@ -389,6 +407,7 @@ impl Core {
             }
             state.bytes += size;
             state.queue.push_back(Queued { msg: msg.clone(), auth_tag, attempts: 0, seq });
+            self.metrics.routed(&msg.name, svc);
         }
         if msg.expects_reply {
             let deadline_ms = if msg.expires_at_ms != 0 {
@@ -449,6 +468,7 @@ impl Core {
         if !decision.allowed {
             let text = format!("{req_service} may not receive {} (reply)", msg.name);
             self.audit_msg(Event::Deny, &msg, Some(&req_service), Some(&decision.rule), |_| {});
+            self.metrics.denied(&msg.name, &req_service, "policy");
             self.send_error(replier, corr, ErrorCode::Denied, text);
             return;
         }
@@ -481,6 +501,7 @@ impl Core {
 
     fn refuse_reply(&mut self, msg: &Message, corr: u64, why: &str) {
         self.audit_msg(Event::Deny, msg, None, None, |r| r.reason = Some(Arc::from("reply_not_allowed")));
+        self.metrics.denied(&msg.name, &msg.sender.service, "reply_not_allowed");
         let text = format!("{} may not reply {} to that command: {why}", msg.sender.service, msg.name);
         self.send_error(msg.sender.conn, corr, ErrorCode::ReplyNotAllowed, text);
     }
@@ -549,6 +570,7 @@ impl Core {
             self.audit_msg(Event::Redeliver, &q.msg, Some(service), None, |r| {
                 r.reason = Some(Arc::from(why))
             });
+            self.metrics.redelivered(service);
             if let Some(s) = self.services.get_mut(service) {
                 s.queue.push_front(q);
             }
@@ -599,6 +621,7 @@ impl Core {
                         Some(&decision.rule),
                         |r| r.reason = Some(Arc::from("receive_revoked")),
                     );
+                    self.metrics.denied(&q.msg.name, service, "receive_revoked");
                 }
                 continue;
             }
@@ -637,6 +660,10 @@ impl Core {
             audit_record(&self.audit, Event::Deliver, &q.msg, Some(service), Some(&decision.rule), |r| {
                 r.receiver_instance = Some(conn.handle.sender.instance.clone())
             });
+            self.metrics.delivered(service);
+            if q.attempts == 1 {
+                self.metrics.latency(q.msg.received);
+            }
             conn.inflight.insert(tag, Inflight { q, since_ms: now });
         }
     }
@@ -706,6 +733,48 @@ impl Core {
         f: impl FnOnce(&mut Record),
     ) {
         audit_record(&self.audit, event, msg, receiver, rule, f);
+    }
+
+    /// The routing state as the admin API shows it.
+    pub fn snapshot(&self, now: u64) -> Snapshot {
+        use super::introspect::{InstanceSnapshot, ServiceSnapshot, SubscriptionSnapshot};
+        let mut services: Vec<ServiceSnapshot> = self
+            .services
+            .iter()
+            .map(|(name, state)| {
+                let instances: Vec<InstanceSnapshot> = state
+                    .instances
+                    .iter()
+                    .filter_map(|id| self.conns.get(id))
+                    .map(|c| InstanceSnapshot {
+                        instance: c.handle.sender.instance.to_string(),
+                        identity: c.handle.sender.identity.to_string(),
+                        conn: c.handle.sender.conn,
+                        remote: c.handle.remote,
+                        connected_at_ms: c.connected_ms,
+                        subscriptions: c
+                            .subs
+                            .iter()
+                            .map(|(n, v)| SubscriptionSnapshot { name: n.to_string(), versions: v.clone() })
+                            .collect(),
+                        prefetch: c.prefetch,
+                        in_flight: c.inflight.len(),
+                    })
+                    .collect();
+                let oldest = state.queue.iter().map(|q| q.msg.timestamp_ms).min();
+                ServiceSnapshot {
+                    service: name.to_string(),
+                    in_flight: instances.iter().map(|i| i.in_flight).sum(),
+                    instances,
+                    queue_depth: state.queue.len(),
+                    queue_bytes: state.bytes,
+                    oldest_queued_age_ms: oldest.map(|t| now.saturating_sub(t)),
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        let routes = super::introspect::routes(&self.policy.load(), &services);
+        Snapshot { taken_at_ms: now, services, routes }
     }
 
     /// Messages waiting per service (for introspection and tests).

@@ -21,8 +21,10 @@
 
 pub mod connection;
 pub mod core;
+pub mod introspect;
 pub mod keys;
 pub mod message;
+pub mod metrics;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminConfig;
+use crate::admin::alerts::{AlertConfig, Alerts};
 use crate::audit::AuditHandle;
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
@@ -127,6 +131,12 @@ pub struct RouterConfig {
     pub limits: RouterLimits,
     /// Queue and delivery settings.
     pub core: CoreConfig,
+    /// The admin API listener; `None` (the default) serves none.
+    pub admin: Option<AdminConfig>,
+    /// Traffic alert thresholds.
+    pub alerts: AlertConfig,
+    /// Where the router counts (served at the admin API's `/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl RouterConfig {
@@ -140,6 +150,9 @@ impl RouterConfig {
             store: Arc::new(Store::Memory),
             limits: RouterLimits::default(),
             core: CoreConfig::default(),
+            admin: None,
+            alerts: AlertConfig::default(),
+            metrics: Arc::new(metrics::Metrics::new()),
         }
     }
 }
@@ -183,6 +196,7 @@ impl TlsHandle {
 /// A bound router, ready to run.
 pub struct Router {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: RouterConfig,
     tls: TlsHandle,
 }
@@ -193,8 +207,16 @@ impl Router {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| RouterError::Bind { addr: config.listen, source })?;
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| RouterError::Bind { addr: a.listen, source })?,
+            ),
+            None => None,
+        };
         let tls = TlsHandle::new(config.tls.clone());
-        Ok(Router { listener, config, tls })
+        Ok(Router { listener, admin, config, tls })
     }
 
     /// The handle that swaps TLS settings while the router runs.
@@ -207,18 +229,46 @@ impl Router {
         self.listener.local_addr()
     }
 
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` fires, then stops accepting, lets connections
     /// write what they have queued, and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), RouterError> {
-        let Router { listener, config, tls } = self;
+        let Router { listener, admin, config, tls } = self;
         let mut core =
-            core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core);
+            core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core)
+                .with_metrics(config.metrics.clone());
         let restored = core.restore(config.store.load()?)?;
         if restored > 0 {
             info!(messages = restored, "restored queued messages from the store");
         }
         let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue);
         let core_task = tokio::spawn(core::run(core, core_rx, shutdown.clone()));
+        let admin_task = match (admin, &config.admin) {
+            (Some(listener), Some(ac)) => {
+                let state = crate::admin::AdminState::new(
+                    core_tx.clone(),
+                    config.policy.clone(),
+                    config.audit.clone(),
+                    config.metrics.clone(),
+                    ac,
+                );
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "admin API listening");
+                }
+                Some(tokio::spawn(crate::admin::serve(
+                    listener,
+                    ac.tls.clone(),
+                    Arc::new(state),
+                    shutdown.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let alerts = Arc::new(Alerts::new(config.alerts, config.audit.clone(), config.metrics.clone()));
         let shared = Arc::new(connection::Shared {
             policy: config.policy,
             audit: config.audit,
@@ -228,6 +278,8 @@ impl Router {
             next_conn: AtomicU64::new(1),
             per_identity: std::sync::Mutex::new(std::collections::HashMap::new()),
             tls: tls.clone(),
+            metrics: config.metrics.clone(),
+            alerts,
             rates: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -270,6 +322,9 @@ impl Router {
             tasks.abort_all();
         }
         drop(shared);
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         if let Err(err) = core_task.await {
             error!(error = %err, "routing core failed");
         }
