@@ -53,6 +53,7 @@ pub struct TestBus {
     /// The admin API's address, with `BusOptions::admin`.
     pub admin_addr: Option<SocketAddr>,
     pub audit_path: PathBuf,
+    tls: exocom::router::TlsHandle,
     trigger: Option<ShutdownTrigger>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -142,11 +143,25 @@ impl TestBus {
         }
         let router = Router::bind(config).await.unwrap();
         let addr = router.local_addr().unwrap();
+        let tls_handle = router.tls_handle();
         let admin_addr = router.admin_addr();
         let task = tokio::spawn(async move {
             router.run(shutdown).await.unwrap();
         });
-        TestBus { dir, addr, admin_addr, audit_path, trigger: Some(trigger), task: Some(task) }
+        TestBus {
+            dir,
+            addr,
+            admin_addr,
+            audit_path,
+            tls: tls_handle,
+            trigger: Some(trigger),
+            task: Some(task),
+        }
+    }
+
+    /// Changes the running router's TLS settings.
+    pub fn tls_handle(&self) -> exocom::router::TlsHandle {
+        self.tls.clone()
     }
 
     pub fn certs(&self) -> PathBuf {
