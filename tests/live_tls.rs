@@ -133,3 +133,21 @@ async fn an_idle_connection_is_pinged_then_closed() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(web.is_connected());
 }
+
+#[tokio::test]
+async fn the_serve_command_reloads_a_crl_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::init(&certs_dir, "example.org", &["web".into(), "todo".into()], 30).unwrap();
+    let crl = dir.path().join("crl.pem");
+    certs::revoke(&certs_dir, &[], &crl, 30).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let router = ServeProcess::start(&certs_dir, &policy, &["--crl".as_ref(), crl.as_os_str()]).await;
+    let (mut web, _w) = raw_hello(router.addr, &IdentityDir::new(certs_dir.join("web"))).await;
+    let (mut todo, _t) = raw_hello(router.addr, &IdentityDir::new(certs_dir.join("todo"))).await;
+    certs::revoke(&certs_dir, &[certs_dir.join("web/cert.pem")], &crl, 30).unwrap();
+    router.signal("HUP");
+    assert!(closed_within(&mut web, 5).await, "the revoked service stayed connected after SIGHUP");
+    assert!(!closed_within(&mut todo, 1).await, "an unrevoked service was disconnected");
+}
