@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
@@ -378,21 +378,44 @@ async fn write_loop(
     while open || !pending.is_empty() {
         tokio::select! {
             biased;
-            Some(frame) = pending.next(), if !pending.is_empty() => writer.push(&frame),
+            Some(frame) = pending.next(), if !pending.is_empty() => {
+                writer.push(&frame);
+                // Accepts resolve a whole audit batch at a time: take every ready one.
+                while let Some(Some(frame)) = pending.next().now_or_never() {
+                    writer.push(&frame);
+                }
+            }
             out = rx.recv(), if open => match out {
                 Some(out) => push(&mut writer, &mut pending, out),
                 None => open = false,
             },
         }
-        while writer.pending() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(out) => push(&mut writer, &mut pending, out),
-                Err(_) => break,
-            }
+        drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
+        if writer.pending() < BATCH_BYTES {
+            // The core hands frames over one command at a time; flushing at
+            // once would cost a TLS record and a syscall per frame. One yield
+            // lets the producers add what they are about to send.
+            tokio::task::yield_now().await;
+            drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
         }
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+/// Moves what is already queued into the batch, up to `max` bytes.
+fn drain(
+    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    pending: &mut FuturesOrdered<PendingFrame>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    max: usize,
+) {
+    while writer.pending() < max {
+        match rx.try_recv() {
+            Ok(out) => push(writer, pending, out),
+            Err(_) => break,
+        }
+    }
 }
 
 fn push(
