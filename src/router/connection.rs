@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::RouterLimits;
 use super::core::{Command, ConnHandle, Outbound};
+use super::decisions::SendCache;
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
 use crate::audit::{self, AuditHandle, Event, Record};
@@ -212,6 +213,7 @@ async fn run(
     r.decision = Some(audit::Decision::Allow);
     let _ = shared.audit.record(r);
 
+    let mut decisions = SendCache::default();
     let reason = loop {
         tokio::select! {
             _ = shutdown.wait() => break "router shutting down",
@@ -219,7 +221,7 @@ async fn run(
             _ = &mut write_task => break "write side closed",
             frame = reader.read_frame() => match frame {
                 Ok(Some(frame)) => {
-                    if let Err(why) = handle_frame(frame, &sender, &shared, &out_tx).await {
+                    if let Err(why) = handle_frame(frame, &sender, &shared, &out_tx, &mut decisions).await {
                         break why;
                     }
                 }
@@ -265,10 +267,11 @@ async fn handle_frame(
     sender: &Sender,
     shared: &Shared,
     out: &mpsc::Sender<Outbound>,
+    decisions: &mut SendCache,
 ) -> Result<(), &'static str> {
     let conn = sender.conn;
     let cmd = match frame.body {
-        Some(Body::Send(send)) => match check_send(send, sender, shared) {
+        Some(Body::Send(send)) => match check_send(send, sender, shared, decisions) {
             Ok(cmd) => cmd,
             Err(frame) => {
                 return out.send(Outbound::Frame(*frame)).await.map_err(|_| "write side closed");
@@ -305,7 +308,12 @@ async fn handle_frame(
 
 /// Checks a `Send` against the header rules, the audit log's health and the
 /// policy. Returns the command for the core, or the error frame to answer.
-fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Command, Box<Frame>> {
+fn check_send(
+    send: wire::Send,
+    sender: &Sender,
+    shared: &Shared,
+    decisions: &mut SendCache,
+) -> Result<Command, Box<Frame>> {
     let corr = send.corr;
     let msg = Message::from_send(send.header, send.payload, sender.clone(), now_ms())
         .map_err(|err| Box::new(error_frame(corr, ErrorCode::InvalidHeader, err.to_string())))?;
@@ -316,16 +324,15 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             "audit log unavailable; the router refuses new sends",
         )));
     }
-    let policy = shared.policy.load();
-    let decision = policy.check_send(&sender.service, &msg.name, msg.version);
+    let cached = decisions.get(&shared.policy.load(), &sender.service, &msg.name, msg.version);
+    let decision = &cached.decision;
     if !decision.allowed {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |_| {});
         let text =
             format!("{} may not send {} (v{}): {}", sender.service, msg.name, msg.version, decision.rule);
         return Err(Box::new(error_frame(corr, ErrorCode::Denied, text)));
     }
-    let limits = policy.limits(&sender.service, &msg.name);
-    if let Some(max) = limits.max_size
+    if let Some(max) = cached.max_size
         && msg.payload.len() as u64 > max
     {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
@@ -339,7 +346,7 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
     if msg.kind == Kind::Reply {
         return Ok(Command::Reply { msg, corr, tags: send.tags });
     }
-    let receivers = policy.receivers(&msg.name, msg.version);
+    let receivers = cached.receivers;
     let mut record = Record::new(Event::Send);
     fill(&mut record, &msg, &decision.rule);
     let ticket = shared.audit.record(record).map_err(|_| {

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::decisions::ReceiveCache;
 use super::message::{ConnId, Message, Sender, now_ms};
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
@@ -231,6 +232,7 @@ pub struct Core {
     /// The current connection of each connected instance.
     instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
+    receive_decisions: ReceiveCache,
 }
 
 /// Runs the core until shutdown or until every sender is gone.
@@ -275,6 +277,7 @@ impl Core {
             replies: HashMap::new(),
             instances: HashMap::new(),
             next_tag: 1,
+            receive_decisions: ReceiveCache::default(),
         }
     }
 
@@ -435,7 +438,8 @@ impl Core {
             return;
         };
         let req_service = req.handle.sender.service.clone();
-        let decision = self.policy.load().check_receive(&req_service, &msg.name, msg.version);
+        let policy = self.policy.load_full();
+        let decision = self.receive_decisions.get(&policy, &req_service, &msg.name, msg.version);
         if !decision.allowed {
             let text = format!("{req_service} may not receive {} (reply)", msg.name);
             self.audit_msg(Event::Deny, &msg, Some(&req_service), Some(&decision.rule), |_| {});
@@ -557,7 +561,7 @@ impl Core {
     /// Hands queued messages of `service` to instances that can take them.
     fn dispatch(&mut self, service: &Arc<str>) {
         let now = now_ms();
-        let policy = self.policy.load();
+        let policy = self.policy.load_full();
         let Some(state) = self.services.get_mut(service) else { return };
         let mut i = 0;
         let mut scanned = 0;
@@ -575,7 +579,7 @@ impl Core {
                 }
                 continue;
             }
-            let decision = policy.check_receive(service, &msg.name, msg.version);
+            let decision = self.receive_decisions.get(&policy, service, &msg.name, msg.version);
             if !decision.allowed {
                 // The policy changed since the message was queued: revocation applies to the backlog.
                 if let Some(q) = state.queue.remove(i) {
