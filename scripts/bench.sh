@@ -57,7 +57,7 @@ PERF=$!
 wait "$BENCH" || true
 kill -INT "$PERF" 2>/dev/null || true
 wait "$PERF" || true
-perf report -i "$OUT/perf.data" --stdio --no-children --percent-limit 0.8 --sort dso,symbol 2>/dev/null \
+perf report -i "$OUT/perf.data" --stdio --no-children --percent-limit 0.8 --sort dso,symbol -g none 2>/dev/null \
     | grep -v '^$' | head -150 > "$OUT/profile.txt"
 perf report -i "$OUT/perf.data" --stdio --children --percent-limit 3 --sort symbol -g none 2>/dev/null \
     | grep -v '^$' | head -80 > "$OUT/profile-inclusive.txt"

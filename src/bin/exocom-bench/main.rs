@@ -9,6 +9,10 @@
 //!
 //! See docs/PERFORMANCE.md; `scripts/bench.sh` runs it.
 
+// A command-line tool whose output is its figures (and the children's
+// `LISTENING` line the parent reads).
+#![allow(clippy::print_stdout)]
+
 mod fwd;
 mod measure;
 mod nats;
