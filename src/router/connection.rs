@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -26,6 +26,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::core::{Command, ConnHandle, Outbound, Route};
+use super::decisions::SendCache;
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
 use super::metrics::Metrics;
@@ -289,6 +290,7 @@ async fn run(
     let mut last_read = Instant::now();
     let mut idle_check = tokio::time::interval(idle / 2);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut decisions = SendCache::default();
     let reason = loop {
         tokio::select! {
             _ = shutdown.wait() => break "router shutting down",
@@ -316,7 +318,7 @@ async fn run(
             frame = reader.read_frame() => match frame {
                 Ok(Some(frame)) => {
                     last_read = Instant::now();
-                    if let Err(why) = handle_frame(frame, &sender, shared, &out_tx, &in_flight).await {
+                    if let Err(why) = handle_frame(frame, &sender, shared, &out_tx, &in_flight, &mut decisions).await {
                         break why;
                     }
                 }
@@ -367,10 +369,11 @@ async fn handle_frame(
     shared: &Shared,
     out: &mpsc::Sender<Outbound>,
     in_flight: &Arc<Semaphore>,
+    decisions: &mut SendCache,
 ) -> Result<(), &'static str> {
     let conn = sender.conn;
     let cmd = match frame.body {
-        Some(Body::Send(send)) => match check_send(send, sender, shared) {
+        Some(Body::Send(send)) => match check_send(send, sender, shared, decisions) {
             Ok(mut cmd) => {
                 // Waiting here stops reading this connection until answers
                 // go out: the peer's unanswered sends stay bounded.
@@ -418,7 +421,12 @@ async fn handle_frame(
 
 /// Checks a `Send` against the header rules, the audit log's health and the
 /// policy. Returns the command for the core, or the error frame to answer.
-fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Command, Box<Frame>> {
+fn check_send(
+    send: wire::Send,
+    sender: &Sender,
+    shared: &Shared,
+    decisions: &mut SendCache,
+) -> Result<Command, Box<Frame>> {
     let corr = send.corr;
     let msg = Message::from_send(send.header, send.payload, sender.clone(), now_ms())
         .map_err(|err| Box::new(error_frame(corr, ErrorCode::InvalidHeader, err.to_string())))?;
@@ -429,8 +437,8 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             "audit log unavailable; the router refuses new sends",
         )));
     }
-    let policy = shared.policy.load();
-    let decision = policy.check_send(&sender.service, &msg.name, msg.version);
+    let cached = decisions.get(&shared.policy.load(), &sender.service, &msg.name, msg.version);
+    let decision = &cached.decision;
     if !decision.allowed {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |_| {});
         shared.metrics.denied(&msg.name, &sender.service, "policy");
@@ -439,8 +447,7 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             format!("{} may not send {} (v{}): {}", sender.service, msg.name, msg.version, decision.rule);
         return Err(Box::new(error_frame(corr, ErrorCode::Denied, text)));
     }
-    let limits = policy.limits(&sender.service, &msg.name);
-    if let Some(max) = limits.max_size
+    if let Some(max) = cached.max_size
         && msg.payload.len() as u64 > max
     {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
@@ -452,7 +459,7 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             format!("{} bytes exceeds the policy's limit of {max} bytes for {}", msg.payload.len(), msg.name);
         return Err(Box::new(error_frame(corr, ErrorCode::MessageTooLarge, text)));
     }
-    if let Some(rate) = limits.rate
+    if let Some(rate) = cached.rate
         && !take_token(shared, &sender.service, rate)
     {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
@@ -469,7 +476,7 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
     if msg.kind == Kind::Reply {
         return Ok(Command::Reply { msg, corr, tags: send.tags, permit: None });
     }
-    let receivers = policy.receivers(&msg.name, msg.version);
+    let receivers = cached.receivers;
     let mut record = Record::new(Event::Send);
     fill(&mut record, &msg, &decision.rule);
     let ticket = shared.audit.record(record).map_err(|_| {
@@ -528,21 +535,44 @@ async fn write_loop(
     while open || !pending.is_empty() {
         tokio::select! {
             biased;
-            Some(frame) = pending.next(), if !pending.is_empty() => writer.push(&frame),
+            Some(frame) = pending.next(), if !pending.is_empty() => {
+                writer.push(&frame);
+                // Accepts resolve a whole audit batch at a time: take every ready one.
+                while let Some(Some(frame)) = pending.next().now_or_never() {
+                    writer.push(&frame);
+                }
+            }
             out = rx.recv(), if open => match out {
                 Some(out) => push(&mut writer, &mut pending, out),
                 None => open = false,
             },
         }
-        while writer.pending() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(out) => push(&mut writer, &mut pending, out),
-                Err(_) => break,
-            }
+        drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
+        if writer.pending() < BATCH_BYTES {
+            // The core hands frames over one command at a time; flushing at
+            // once would cost a TLS record and a syscall per frame. One yield
+            // lets the producers add what they are about to send.
+            tokio::task::yield_now().await;
+            drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
         }
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+/// Moves what is already queued into the batch, up to `max` bytes.
+fn drain(
+    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    pending: &mut FuturesOrdered<PendingFrame>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    max: usize,
+) {
+    while writer.pending() < max {
+        match rx.try_recv() {
+            Ok(out) => push(writer, pending, out),
+            Err(_) => break,
+        }
+    }
 }
 
 fn push(

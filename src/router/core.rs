@@ -23,6 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::decisions::ReceiveCache;
 use super::introspect::Snapshot;
 use super::message::{ConnId, Message, Sender, now_ms};
 use super::metrics::{CoreMetrics, Metrics};
@@ -246,6 +247,7 @@ pub struct Core {
     instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
     metrics: CoreMetrics,
+    receive_decisions: ReceiveCache,
 }
 
 /// Runs the core until shutdown or until every sender is gone.
@@ -291,6 +293,7 @@ impl Core {
             instances: HashMap::new(),
             next_tag: 1,
             metrics: CoreMetrics::new(Arc::new(Metrics::new())),
+            receive_decisions: ReceiveCache::default(),
         }
     }
 
@@ -464,7 +467,8 @@ impl Core {
             return;
         };
         let req_service = req.handle.sender.service.clone();
-        let decision = self.policy.load().check_receive(&req_service, &msg.name, msg.version);
+        let policy = self.policy.load_full();
+        let decision = self.receive_decisions.get(&policy, &req_service, &msg.name, msg.version);
         if !decision.allowed {
             let text = format!("{req_service} may not receive {} (reply)", msg.name);
             self.audit_msg(Event::Deny, &msg, Some(&req_service), Some(&decision.rule), |_| {});
@@ -589,7 +593,7 @@ impl Core {
     /// Hands queued messages of `service` to instances that can take them.
     fn dispatch(&mut self, service: &Arc<str>) {
         let now = now_ms();
-        let policy = self.policy.load();
+        let policy = self.policy.load_full();
         let Some(state) = self.services.get_mut(service) else { return };
         let mut i = 0;
         let mut scanned = 0;
@@ -607,7 +611,7 @@ impl Core {
                 }
                 continue;
             }
-            let decision = policy.check_receive(service, &msg.name, msg.version);
+            let decision = self.receive_decisions.get(&policy, service, &msg.name, msg.version);
             if !decision.allowed {
                 // The policy changed since the message was queued: revocation applies to the backlog.
                 if let Some(q) = state.queue.remove(i) {

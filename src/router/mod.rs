@@ -4,7 +4,7 @@
 //!
 //! Its parts: [`connection`] (handshake, `Hello`, per-connection reading and
 //! batched writing, the send check), [`core`] (the one task that owns routing
-//! state), [`message`] (what an accepted message is), [`keys`] (the key
+//! state), [`decisions`] (cached policy answers), [`message`] (what an accepted message is), [`keys`] (the key
 //! directory). It must never import `e2e`: it moves sealed payloads as opaque
 //! bytes and holds no key that could open them.
 //!
@@ -21,6 +21,7 @@
 
 pub mod connection;
 pub mod core;
+pub mod decisions;
 pub mod introspect;
 pub mod keys;
 pub mod message;
