@@ -106,6 +106,9 @@ mod tests {
     use super::*;
 
     const POLICY: &str = r#"
+[meta]
+trust_domain = "example.org"
+
 [services.web]
 id = "spiffe://example.org/svc/web"
 send = ["todos.list"]
