@@ -9,6 +9,8 @@
 //! relax these rules (no flag, no feature turns client authentication off).
 //!
 //! - [`server_config`]: the router's config (webpki + CRLs + SPIFFE check).
+//! - [`admin_server_config`]: the admin API's config (server certificate
+//!   only; its callers authenticate with tokens, on a port of its own).
 //! - [`client_config`]: a relay's config from an identity directory.
 //! - [`peer_identity`] / [`identity_of_cert`] / [`parse_spiffe_service`]:
 //!   the service identity of a certificate.
@@ -23,7 +25,7 @@ mod verifier;
 
 use std::path::PathBuf;
 
-pub use config::{client_config, server_config};
+pub use config::{admin_server_config, client_config, server_config};
 pub use failure::{REASONS, handshake_failure_detail, handshake_failure_reason};
 pub use identity::{
     IdentityError, MAX_SERVICE_NAME_LEN, MAX_TRUST_DOMAIN_LEN, PeerIdentity, identity_in_domain,
