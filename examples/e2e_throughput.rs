@@ -51,8 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut files = ServerFiles::from_certs_dir(&certs);
     files.trust_domain = Some("example.org".into());
-    let mut config =
-        RouterConfig::new("127.0.0.1:0".parse()?, tls::server_config(&files)?, Policy::from_file(&policy_path)?);
+    let mut config = RouterConfig::new(
+        "127.0.0.1:0".parse()?,
+        tls::server_config(&files)?,
+        Policy::from_file(&policy_path)?,
+    );
     config.core.queue_max_messages = 1 << 20;
     config.core.queue_max_bytes = 8 << 30;
     let router = Router::bind(config).await?;

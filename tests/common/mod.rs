@@ -127,7 +127,6 @@ impl TestBus {
         if let Some(max) = opts.max_frame {
             config.limits.max_frame = max;
         }
-        assert!(!opts.data_dir, "durable store: not wired in this harness yet");
         if opts.admin {
             config.admin = Some(exocom::admin::AdminConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
