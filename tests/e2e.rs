@@ -253,3 +253,29 @@ async fn after_a_router_restart_new_messages_carry_new_grants() {
     assert_eq!(next(&mut rx).await.1, serde_json::json!(2));
     assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
 }
+
+#[tokio::test]
+async fn a_sealed_backlog_survives_a_router_restart() {
+    let bus = TestBus::start_with(BusOptions { data_dir: true, ..Default::default() }).await;
+    let addr = bus.addr;
+    // mailer announces its key once, then goes away.
+    let first = bus.sealed("mailer").connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.close().await;
+    let web = bus.sealed("web").connect().await.unwrap();
+    for i in 0..3 {
+        web.publish("user.created", &serde_json::json!({"n": i})).await.unwrap();
+    }
+    web.close().await;
+
+    // The router restarts on the same data directory: queues and their grants come back.
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir, BusOptions { data_dir: true, ..Default::default() }, Some(addr)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let later =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    for i in 0..3 {
+        assert_eq!(next(&mut rx).await.1, serde_json::json!({"n": i}));
+    }
+    assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
+}

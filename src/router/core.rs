@@ -319,6 +319,9 @@ impl Core {
             };
             let msg = Arc::new(Message::from_send(e.header, e.payload, sender, e.timestamp_ms)?);
             let svc = self.services.entry(Arc::from(e.service)).or_default();
+            if !e.grant.is_empty() {
+                remember_grant(svc, &msg, e.grant);
+            }
             svc.next_seq = svc.next_seq.max(e.seq + 1);
             svc.bytes += msg.size();
             svc.queue.push_back(Queued { msg, auth_tag: e.auth_tag, attempts: e.attempts, seq: e.seq });
@@ -407,10 +410,13 @@ impl Core {
             }
             let seq = state.next_seq;
             state.next_seq += 1;
-            if self.store.is_durable()
-                && let Some(t) = self.store.put(entry_of(svc, seq, &msg, &auth_tag, 0))
-            {
-                durable.push(t);
+            if self.store.is_durable() {
+                // The epoch's grant goes with each stored copy: after a restart
+                // it is the only way a receiver can open this backlog.
+                let grant = grant_key(&msg).and_then(|k| state.grants.get(&k).cloned()).unwrap_or_default();
+                if let Some(t) = self.store.put(entry_of(svc, seq, &msg, &auth_tag, grant)) {
+                    durable.push(t);
+                }
             }
             state.bytes += size;
             state.queue.push_back(Queued { msg: msg.clone(), auth_tag, attempts: 0, seq });
@@ -851,18 +857,19 @@ fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: 
     }
 }
 
-fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, attempts: u32) -> Entry {
+fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, grant: Bytes) -> Entry {
     Entry {
         service: service.to_string(),
         seq,
         header: msg.header.clone(),
         payload: msg.payload.clone(),
         auth_tag: auth_tag.clone(),
+        grant,
         sender: msg.sender.service.to_string(),
         sender_id: msg.sender.identity.to_string(),
         sender_instance: msg.sender.instance.to_string(),
         timestamp_ms: msg.timestamp_ms,
-        attempts,
+        attempts: 0,
     }
 }
 

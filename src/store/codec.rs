@@ -3,13 +3,17 @@
 //! A small, versioned binary format, so the file outlives changes to the
 //! Rust types. The queue key `(service, seq)` is not repeated in the value.
 //!
-//! Entry, version 1 (integers little-endian, `bytes` = u32 length + bytes):
+//! Entry, version 2 (integers little-endian, `bytes` = u32 length + bytes):
 //!
 //! ```text
-//! u8 version = 1 | u32 attempts | u64 timestamp_ms
+//! u8 version = 2 | u32 attempts | u64 timestamp_ms
 //! bytes sender | bytes sender_id | bytes sender_instance
-//! bytes header | bytes auth_tag | bytes payload
+//! bytes header | bytes auth_tag | bytes payload | bytes grant
 //! ```
+//!
+//! Version 1 is the same without `grant` (read as empty). The grant is the
+//! receiving service's end-to-end key grant for the message's epoch, kept
+//! with each entry so a receiver can open its backlog after a restart.
 //!
 //! Dead letter, version 1:
 //!
@@ -25,7 +29,7 @@ use bytes::Bytes;
 
 use super::Entry;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Why a stored value could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,7 +59,9 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
         + e.sender_instance.len()
         + e.header.len()
         + e.auth_tag.len()
-        + e.payload.len();
+        + e.payload.len()
+        + 4
+        + e.grant.len();
     let mut out = Vec::with_capacity(len);
     out.push(VERSION);
     out.extend_from_slice(&e.attempts.to_le_bytes());
@@ -67,6 +73,7 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
         &e.header,
         &e.auth_tag,
         &e.payload,
+        &e.grant,
     ] {
         put_bytes(&mut out, field);
     }
@@ -76,7 +83,7 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
 /// Decodes an entry stored under `(service, seq)`.
 pub fn decode_entry(service: &str, seq: u64, value: &[u8]) -> Result<Entry, CodecError> {
     let mut r = Reader(value);
-    r.version()?;
+    let version = r.version()?;
     let attempts = r.u32()?;
     let timestamp_ms = r.u64()?;
     let sender = r.text()?;
@@ -85,6 +92,7 @@ pub fn decode_entry(service: &str, seq: u64, value: &[u8]) -> Result<Entry, Code
     let header = Bytes::copy_from_slice(r.bytes()?);
     let auth_tag = Bytes::copy_from_slice(r.bytes()?);
     let payload = Bytes::copy_from_slice(r.bytes()?);
+    let grant = if version >= 2 { Bytes::copy_from_slice(r.bytes()?) } else { Bytes::new() };
     r.end()?;
     Ok(Entry {
         service: service.to_string(),
@@ -92,6 +100,7 @@ pub fn decode_entry(service: &str, seq: u64, value: &[u8]) -> Result<Entry, Code
         header,
         payload,
         auth_tag,
+        grant,
         sender,
         sender_id,
         sender_instance,
@@ -162,9 +171,10 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn version(&mut self) -> Result<(), CodecError> {
+    /// The record's format version (1 or 2; both read).
+    fn version(&mut self) -> Result<u8, CodecError> {
         match self.take(1)?[0] {
-            VERSION => Ok(()),
+            v @ (1 | VERSION) => Ok(v),
             v => Err(CodecError::Version(v)),
         }
     }
@@ -209,6 +219,7 @@ mod tests {
             header: Bytes::from_static(b"\x0a\x03abc"),
             payload: Bytes::from(vec![0xAB; 300]),
             auth_tag: Bytes::from_static(b"tag"),
+            grant: Bytes::from_static(b"grant"),
             sender: "web".into(),
             sender_id: "spiffe://example.org/svc/web".into(),
             sender_instance: "i-1".into(),

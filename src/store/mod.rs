@@ -73,6 +73,9 @@ pub struct Entry {
     pub payload: Bytes,
     /// The receiving service's end-to-end tag (opaque), may be empty.
     pub auth_tag: Bytes,
+    /// The receiving service's end-to-end key grant for the message's epoch
+    /// (opaque), may be empty; reloaded at start so a backlog stays readable.
+    pub grant: Bytes,
     /// Sender service name (authenticated).
     pub sender: String,
     /// Sender SPIFFE URI (authenticated).
@@ -253,6 +256,7 @@ mod tests {
             header: Bytes::from(format!("h{seq}")),
             payload: Bytes::from(vec![seq as u8; 64]),
             auth_tag: Bytes::new(),
+            grant: Bytes::new(),
             sender: "web".into(),
             sender_id: "spiffe://example.org/svc/web".into(),
             sender_instance: "i-1".into(),
