@@ -268,8 +268,14 @@ mod tests {
             assert!(decode_entry("s", 0, &good[..cut]).is_err(), "cut at {cut}");
         }
         let mut newer = good.clone();
-        newer[0] = 2;
-        assert_eq!(decode_entry("s", 0, &newer).unwrap_err(), CodecError::Version(2));
+        newer[0] = 3;
+        assert_eq!(decode_entry("s", 0, &newer).unwrap_err(), CodecError::Version(3));
+        // Version 1 (no grant) is still read, with an empty grant.
+        let mut v1 = good[..good.len() - 4 - b"grant".len()].to_vec();
+        v1[0] = 1;
+        let old = decode_entry("s", 0, &v1).unwrap();
+        assert!(old.grant.is_empty());
+        assert_eq!(old.auth_tag, entry().auth_tag);
         let mut long = good;
         long.push(0);
         assert_eq!(decode_entry("s", 0, &long).unwrap_err(), CodecError::Trailing(1));
