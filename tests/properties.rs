@@ -236,9 +236,12 @@ fn name() -> impl Strategy<Value = Vec<&'static str>> {
     vec(token(), 1..5)
 }
 
+/// A generated pattern: its tokens and its version range, if any.
+type Pat = (Vec<&'static str>, Option<(u32, u32)>);
+
 /// A pattern: tokens or `*`, optionally ending in `>`, optionally with a
 /// version range.
-fn pattern() -> impl Strategy<Value = (Vec<&'static str>, Option<(u32, u32)>)> {
+fn pattern() -> impl Strategy<Value = Pat> {
     (
         vec(prop_oneof![3 => token(), 1 => Just("*")], 1..4),
         any::<bool>(),
@@ -286,7 +289,7 @@ proptest! {
         denies in vec((pattern(), any::<bool>()), 0..3),
         probes in vec((name(), 0u32..5), 1..16),
     ) {
-        let quote = |ps: &[&(Vec<&str>, Option<(u32, u32)>)]| {
+        let quote = |ps: &[&Pat]| {
             ps.iter().map(|p| format!("\"{}\"", pattern_text(p))).collect::<Vec<_>>().join(", ")
         };
         let mut src = String::from("[meta]\ntrust_domain = \"example.org\"\nserial = 1\n\n");
