@@ -19,6 +19,7 @@
 //! | [`router`] | accept loop, routing, queues, reply tracking | `router` |
 //! | [`store`] | durable queue storage | `router` |
 //! | [`audit`] | the tamper-evident audit log | `router` |
+//! | [`admin`] | the admin API: tokens, introspection, metrics, alerts | `router` |
 //! | [`shutdown`] | the signal every task listens to | always |
 //!
 //! The one rule of the layout: `router`, `policy`, `audit` and `store` never
@@ -45,6 +46,8 @@ pub mod e2e;
 #[cfg(feature = "relay")]
 pub mod relay;
 
+#[cfg(feature = "router")]
+pub mod admin;
 #[cfg(feature = "router")]
 pub mod audit;
 #[cfg(feature = "router")]

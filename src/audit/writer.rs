@@ -133,6 +133,11 @@ impl AuditHandle {
         }
     }
 
+    /// Records queued and not yet taken by the writer (its lag).
+    pub fn pending(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| lock(&s.queue).records.len())
+    }
+
     /// Counters of what the writer has done so far.
     pub fn stats(&self) -> WriterStats {
         match &self.shared {

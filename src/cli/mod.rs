@@ -14,6 +14,7 @@ pub mod keygen;
 pub mod messaging;
 pub mod policy;
 pub mod serve;
+pub mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -82,6 +83,9 @@ pub enum Command {
     Send(messaging::SendArgs),
     /// Receive messages and print them, optionally replying.
     Listen(messaging::ListenArgs),
+    /// Mint short-lived admin API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
     /// List, show, replay and purge dead letters (router stopped).
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Send(args) => messaging::run_send(args),
         Command::Listen(args) => messaging::run_listen(args),
+        Command::Token(cmd) => token::run(cmd),
         Command::Dlq(cmd) => dlq::run(cmd),
     };
     match result {

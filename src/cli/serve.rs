@@ -11,6 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
+use crate::admin::alerts::AlertConfig;
+use crate::admin::auth::Verifier;
 use crate::audit::{self, AuditConfig, AuditHandle, Event, FsyncPolicy, Record};
 use crate::cli::exit;
 use crate::policy::Policy;
@@ -74,6 +77,28 @@ pub struct ServeArgs {
     /// Largest frame accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<usize>,
+    /// Serve the admin API (HTTPS, router certificate, token auth) on this
+    /// address, e.g. 127.0.0.1:7444 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The pinned Ed25519 public key (PEM) admin tokens must be signed with,
+    /// e.g. certs-example/admin/pub.pem. Required with --admin-listen.
+    #[arg(long, value_name = "PEM")]
+    pub admin_pubkey: Option<PathBuf>,
+    /// The issuer (`iss`) admin tokens must carry [default: exocom].
+    #[arg(long, value_name = "NAME")]
+    pub admin_issuer: Option<String>,
+    /// Serve /metrics without a token (for a scraper on a trusted network).
+    #[arg(long)]
+    pub admin_metrics_public: bool,
+    /// Raise an alert when one identity is denied this often within a
+    /// minute; 0 turns it off [default: 20].
+    #[arg(long, value_name = "N")]
+    pub alert_denials_per_minute: Option<u32>,
+    /// Raise an alert when one address fails this many TLS handshakes
+    /// within a minute; 0 turns it off [default: 10].
+    #[arg(long, value_name = "N")]
+    pub alert_handshake_failures_per_minute: Option<u32>,
 }
 
 /// When the audit log is fsynced.
@@ -108,6 +133,26 @@ struct FileSettings {
     audit_fail_open: bool,
     data_dir: Option<PathBuf>,
     max_frame: Option<usize>,
+    admin_listen: Option<SocketAddr>,
+    admin_pubkey: Option<PathBuf>,
+    admin_issuer: Option<String>,
+    #[serde(default)]
+    admin_metrics_public: bool,
+    alert_denials_per_minute: Option<u32>,
+    alert_handshake_failures_per_minute: Option<u32>,
+}
+
+/// Admin API settings.
+#[derive(Debug)]
+pub struct AdminSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Pinned token public key.
+    pub pubkey: PathBuf,
+    /// Required token issuer.
+    pub issuer: String,
+    /// Serve /metrics without a token.
+    pub metrics_public: bool,
 }
 
 /// Settings after merging file and flags.
@@ -133,6 +178,10 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// Largest frame.
     pub max_frame: usize,
+    /// The admin API, when on.
+    pub admin: Option<AdminSettings>,
+    /// Traffic alert thresholds.
+    pub alerts: AlertConfig,
 }
 
 /// Merges the settings file and the flags; errors name the missing setting.
@@ -158,6 +207,7 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             rel(&mut f.audit_log);
             rel(&mut f.audit_key);
             rel(&mut f.data_dir);
+            rel(&mut f.admin_pubkey);
             f.policy_pubkey =
                 f.policy_pubkey.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
             f.crl = f.crl.into_iter().map(|c| if c.is_relative() { base.join(c) } else { c }).collect();
@@ -168,7 +218,31 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let need = |v: Option<PathBuf>, what: &str| {
         v.with_context(|| format!("missing setting: --{what} (or `{what}` in --config)"))
     };
+    let admin = match args.admin_listen.or(file.admin_listen) {
+        Some(listen) => Some(AdminSettings {
+            listen,
+            pubkey: args.admin_pubkey.or(file.admin_pubkey).context(
+                "missing setting: --admin-pubkey (or `admin_pubkey` in --config) is required with --admin-listen",
+            )?,
+            issuer: args.admin_issuer.or(file.admin_issuer).unwrap_or_else(|| "exocom".into()),
+            metrics_public: args.admin_metrics_public || file.admin_metrics_public,
+        }),
+        None => None,
+    };
+    let defaults = AlertConfig::default();
+    let alerts = AlertConfig {
+        denials_per_minute: args
+            .alert_denials_per_minute
+            .or(file.alert_denials_per_minute)
+            .unwrap_or(defaults.denials_per_minute),
+        handshake_failures_per_minute: args
+            .alert_handshake_failures_per_minute
+            .or(file.alert_handshake_failures_per_minute)
+            .unwrap_or(defaults.handshake_failures_per_minute),
+    };
     Ok(Settings {
+        admin,
+        alerts,
         listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
         tls: ServerFiles {
             ca: need(args.ca.or(file.ca), "ca")?,
@@ -229,8 +303,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             return Ok(exit::USAGE);
         }
     };
+    let admin = match &settings.admin {
+        Some(a) => match admin_config(a, &settings.tls) {
+            Ok(c) => Some(c),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return Ok(exit::USAGE);
+            }
+        },
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(settings, policy, keys, tls))
+    rt.block_on(serve(settings, policy, keys, tls, tls_files, admin))
+}
+
+fn admin_config(a: &AdminSettings, files: &ServerFiles) -> anyhow::Result<AdminConfig> {
+    Ok(AdminConfig {
+        listen: a.listen,
+        tls: tls::admin_server_config(files).context("admin API TLS")?,
+        verifier: Verifier::from_pem_file(&a.pubkey, &a.issuer)?,
+        metrics_public: a.metrics_public,
+    })
 }
 
 async fn serve(
@@ -238,10 +331,14 @@ async fn serve(
     policy: Policy,
     keys: Vec<PublicKey>,
     tls: Arc<rustls::ServerConfig>,
+    tls_files: ServerFiles,
+    admin: Option<AdminConfig>,
 ) -> anyhow::Result<i32> {
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut config = RouterConfig::new(settings.listen, tls, policy);
     config.limits.max_frame = settings.max_frame;
+    config.admin = admin;
+    config.alerts = settings.alerts;
     let mut audit_task = None;
     if let Some(path) = &settings.audit_log {
         let mut ac = AuditConfig::new(path.clone());
@@ -310,6 +407,7 @@ async fn serve(
             return Ok(exit::ERROR);
         }
     };
+    spawn_tls_reload(router.tls_handle(), tls_files.clone(), shutdown.clone());
     let addr = router.local_addr()?;
     tracing::info!(%addr, policy = %settings.policy.display(), "router listening");
     if let Some(p) = &settings.audit_log {
@@ -332,6 +430,72 @@ fn audit_policy(audit: &AuditHandle, event: Event, sha256: &str, serial: u64, er
         r = r.reason(Arc::<str>::from(e));
     }
     let _ = audit.record(r);
+}
+
+/// Reloads TLS files (CA bundle, router certificate and key, CRLs) on
+/// SIGHUP and when one of them changes: new handshakes use the new files,
+/// and open connections whose certificate a CRL now revokes are closed. A
+/// file that does not load leaves the previous settings in force.
+fn spawn_tls_reload(
+    handle: crate::router::TlsHandle,
+    files: ServerFiles,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let stamp = |files: &ServerFiles| -> Vec<Option<std::time::SystemTime>> {
+        let mut paths = vec![&files.ca, &files.cert, &files.key];
+        paths.extend(files.crls.iter());
+        paths.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    };
+    let reload = move |files: &ServerFiles, handle: &crate::router::TlsHandle| {
+        let revoked = match tls::revoked_serials(&files.crls) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::warn!(%err, "CRLs not reloaded; the previous TLS settings stay in force");
+                return;
+            }
+        };
+        match tls::server_config(files) {
+            Ok(config) => {
+                tracing::info!(revoked = revoked.len(), "TLS settings reloaded");
+                handle.update(config, revoked);
+            }
+            Err(err) => tracing::warn!(%err, "TLS files not reloaded; the previous settings stay in force"),
+        }
+    };
+    // Serials already revoked at start (the handshake refuses them too).
+    if let Ok(revoked) = tls::revoked_serials(&files.crls) {
+        handle.update(handle.current(), revoked);
+    }
+    tokio::spawn(async move {
+        let mut last = stamp(&files);
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = hangup => reload(&files, &handle),
+                _ = poll.tick() => {
+                    let now = stamp(&files);
+                    if now != last {
+                        last = now;
+                        reload(&files, &handle);
+                    }
+                }
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The router is shutting down.
     ShuttingDown,
+    /// A router limit was reached (connections of this identity, subscriptions).
+    LimitExceeded,
     /// A peer broke the protocol (malformed frame, unexpected frame, bad header).
     Protocol,
     /// The router reported an internal failure.
@@ -114,6 +116,7 @@ impl Error {
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidHeader
             | ErrorCode::ProtocolViolation => ErrorKind::Protocol,
+            ErrorCode::LimitExceeded => ErrorKind::LimitExceeded,
             ErrorCode::Internal | ErrorCode::Unspecified => ErrorKind::Router,
         };
         let message = if message.is_empty() { format!("router error {code:?}") } else { message.to_owned() };

@@ -13,22 +13,25 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::RouterLimits;
-use super::core::{Command, ConnHandle, Outbound};
+use super::core::{Command, ConnHandle, Outbound, Route};
+use super::decisions::SendCache;
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
+use super::metrics::Metrics;
+use super::{RouterLimits, TlsHandle};
+use crate::admin::alerts::Alerts;
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
 use crate::policy::{Rate, TokenBucket};
@@ -47,8 +50,45 @@ pub(crate) struct Shared {
     pub limits: RouterLimits,
     pub keys: KeyDirectory,
     pub next_conn: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub alerts: Arc<Alerts>,
     /// Send-rate buckets per service, for services whose policy sets a rate.
     pub rates: std::sync::Mutex<HashMap<Arc<str>, TokenBucket>>,
+    /// Open connections per identity (SPIFFE URI).
+    pub per_identity: std::sync::Mutex<HashMap<Arc<str>, usize>>,
+    /// Live TLS settings: revocations reach open connections through it.
+    pub tls: TlsHandle,
+}
+
+/// Holds one of an identity's connection slots; gives it back on drop.
+struct IdentitySlot<'a> {
+    shared: &'a Shared,
+    identity: Arc<str>,
+}
+
+impl<'a> IdentitySlot<'a> {
+    fn take(shared: &'a Shared, identity: &str) -> Option<Self> {
+        let mut map = shared.per_identity.lock().ok()?;
+        let n = map.entry(Arc::from(identity)).or_insert(0);
+        if *n >= shared.limits.max_connections_per_identity {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot { shared, identity: Arc::from(identity) })
+    }
+}
+
+impl Drop for IdentitySlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.shared.per_identity.lock()
+            && let Some(n) = map.get_mut(&self.identity)
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.identity);
+            }
+        }
+    }
 }
 
 type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
@@ -69,12 +109,12 @@ pub(crate) async fn serve(
             Ok(Err(err)) => {
                 let reason = tls::handshake_failure_reason(&err);
                 warn!(reason, detail = %tls::handshake_failure_detail(&err), "TLS handshake refused");
-                handshake_failed(&shared.audit, remote, reason);
+                handshake_failed(&shared, remote, reason);
                 return;
             }
             Err(_) => {
                 warn!("TLS handshake timed out");
-                handshake_failed(&shared.audit, remote, "timeout");
+                handshake_failed(&shared, remote, "timeout");
                 return;
             }
         };
@@ -82,31 +122,51 @@ pub(crate) async fn serve(
             Ok(id) => id,
             Err(err) => {
                 warn!(error = %err, "peer identity refused");
-                handshake_failed(&shared.audit, remote, "bad_identity");
+                handshake_failed(&shared, remote, "bad_identity");
                 return;
             }
         };
         tracing::Span::current().record("peer.id", identity.uri.as_str());
+        let facts = match tls::leaf_facts(tls.get_ref().1) {
+            Ok(f) => f,
+            Err(err) => {
+                warn!(error = %err, "peer certificate unreadable");
+                handshake_failed(&shared, remote, "bad_identity");
+                return;
+            }
+        };
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FrameReader::new(rd, shared.limits.max_frame);
         let mut writer = FrameWriter::new(wr);
+        let Some(_slot) = IdentitySlot::take(&shared, &identity.uri) else {
+            warn!(identity = %identity.uri, "too many connections of this identity");
+            let text = format!(
+                "{} already has {} connections open, the most the router allows",
+                identity.uri, shared.limits.max_connections_per_identity
+            );
+            let _ = writer.write_frame(&error_frame(0, ErrorCode::LimitExceeded, text)).await;
+            let _ = writer.shutdown().await;
+            return;
+        };
         let Some(sender) = greet(&mut reader, &mut writer, &shared, &identity.uri, remote).await else {
             let _ = writer.shutdown().await;
             return;
         };
         info!(service = %sender.service, instance = %sender.instance, "connected");
-        run(reader, writer, sender, remote, shared, shutdown).await;
+        run(reader, writer, sender, remote, facts, &shared, shutdown).await;
     }
     .instrument(span)
     .await
 }
 
-fn handshake_failed(audit: &AuditHandle, remote: SocketAddr, reason: &'static str) {
+fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str) {
     let mut r = Record::new(Event::HandshakeFailed);
     r.remote = Some(remote);
     r.reason = Some(Arc::from(reason));
     r.decision = Some(audit::Decision::Deny);
-    let _ = audit.record(r);
+    let _ = shared.audit.record(r);
+    shared.metrics.handshake_failed(reason);
+    shared.alerts.handshake_failure(remote, reason);
 }
 
 fn error_frame(corr: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -157,6 +217,8 @@ async fn greet(
         r.reason = Some(Arc::from("unknown_identity"));
         r.decision = Some(audit::Decision::Deny);
         let _ = shared.audit.record(r);
+        shared.metrics.handshake_failed("unknown_identity");
+        shared.alerts.denial(&Arc::from(uri), Some(remote));
         let text = format!("identity {uri} is not a service in the router's policy");
         let _ = writer.write_frame(&refuse(ErrorCode::UnknownIdentity, text)).await;
         return None;
@@ -199,7 +261,8 @@ async fn run(
     writer: FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
     sender: Sender,
     remote: SocketAddr,
-    shared: Arc<Shared>,
+    facts: tls::LeafFacts,
+    shared: &Shared,
     mut shutdown: Shutdown,
 ) {
     let conn = sender.conn;
@@ -217,14 +280,45 @@ async fn run(
     r.decision = Some(audit::Decision::Allow);
     let _ = shared.audit.record(r);
 
+    // The certificate is checked at the handshake only; enforce its end here.
+    let expiry = facts.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+    let expires = tokio::time::sleep(expiry.min(Duration::from_secs(400 * 24 * 3600)));
+    tokio::pin!(expires);
+    let mut revocations = shared.tls.revocations();
+    let in_flight = Arc::new(Semaphore::new(shared.limits.max_in_flight.max(1)));
+    let idle = shared.limits.idle_timeout.max(Duration::from_millis(100));
+    let mut last_read = Instant::now();
+    let mut idle_check = tokio::time::interval(idle / 2);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut decisions = SendCache::default();
     let reason = loop {
         tokio::select! {
             _ = shutdown.wait() => break "router shutting down",
             _ = kill.notified() => break "closed by router (not reading)",
             _ = &mut write_task => break "write side closed",
+            _ = &mut expires => {
+                let _ = out_tx.send(Outbound::Frame(error_frame(0, ErrorCode::Unspecified, "client certificate expired"))).await;
+                break "certificate expired";
+            }
+            changed = revocations.changed() => {
+                if changed.is_ok() && revocations.borrow_and_update().contains(&facts.serial) {
+                    break "certificate revoked";
+                }
+            }
+            _ = idle_check.tick() => {
+                let silent = last_read.elapsed();
+                if silent >= idle * 2 {
+                    break "idle";
+                }
+                if silent >= idle {
+                    let ping = Frame { body: Some(Body::Ping(wire::Ping { nonce: 0 })) };
+                    let _ = out_tx.try_send(Outbound::Frame(ping));
+                }
+            }
             frame = reader.read_frame() => match frame {
                 Ok(Some(frame)) => {
-                    if let Err(why) = handle_frame(frame, &sender, &shared, &out_tx).await {
+                    last_read = Instant::now();
+                    if let Err(why) = handle_frame(frame, &sender, shared, &out_tx, &in_flight, &mut decisions).await {
                         break why;
                     }
                 }
@@ -260,6 +354,10 @@ async fn run(
     r.sender_instance = Some(sender.instance.clone());
     r.remote = Some(remote);
     r.reason = Some(Arc::from(reason));
+    if matches!(reason, "certificate expired" | "certificate revoked") {
+        warn!(reason, "closing the connection: its certificate is no longer valid");
+        r.decision = Some(audit::Decision::Deny);
+    }
     let _ = shared.audit.record(r);
     info!(reason, "disconnected");
 }
@@ -270,11 +368,24 @@ async fn handle_frame(
     sender: &Sender,
     shared: &Shared,
     out: &mpsc::Sender<Outbound>,
+    in_flight: &Arc<Semaphore>,
+    decisions: &mut SendCache,
 ) -> Result<(), &'static str> {
     let conn = sender.conn;
     let cmd = match frame.body {
-        Some(Body::Send(send)) => match check_send(send, sender, shared) {
-            Ok(cmd) => cmd,
+        Some(Body::Send(send)) => match check_send(send, sender, shared, decisions) {
+            Ok(mut cmd) => {
+                // Waiting here stops reading this connection until answers
+                // go out: the peer's unanswered sends stay bounded.
+                let permit = in_flight.clone().acquire_owned().await.map_err(|_| "closing")?;
+                match &mut cmd {
+                    Command::Route(Route { permit: p, .. }) | Command::Reply { permit: p, .. } => {
+                        *p = Some(permit)
+                    }
+                    _ => {}
+                }
+                cmd
+            }
             Err(frame) => {
                 return out.send(Outbound::Frame(*frame)).await.map_err(|_| "write side closed");
             }
@@ -310,7 +421,12 @@ async fn handle_frame(
 
 /// Checks a `Send` against the header rules, the audit log's health and the
 /// policy. Returns the command for the core, or the error frame to answer.
-fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Command, Box<Frame>> {
+fn check_send(
+    send: wire::Send,
+    sender: &Sender,
+    shared: &Shared,
+    decisions: &mut SendCache,
+) -> Result<Command, Box<Frame>> {
     let corr = send.corr;
     let msg = Message::from_send(send.header, send.payload, sender.clone(), now_ms())
         .map_err(|err| Box::new(error_frame(corr, ErrorCode::InvalidHeader, err.to_string())))?;
@@ -321,31 +437,35 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             "audit log unavailable; the router refuses new sends",
         )));
     }
-    let policy = shared.policy.load();
-    let decision = policy.check_send(&sender.service, &msg.name, msg.version);
+    let cached = decisions.get(&shared.policy.load(), &sender.service, &msg.name, msg.version);
+    let decision = &cached.decision;
     if !decision.allowed {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |_| {});
+        shared.metrics.denied(&msg.name, &sender.service, "policy");
+        shared.alerts.denial(&sender.service, None);
         let text =
             format!("{} may not send {} (v{}): {}", sender.service, msg.name, msg.version, decision.rule);
         return Err(Box::new(error_frame(corr, ErrorCode::Denied, text)));
     }
-    let limits = policy.limits(&sender.service, &msg.name);
-    if let Some(max) = limits.max_size
+    if let Some(max) = cached.max_size
         && msg.payload.len() as u64 > max
     {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
             r.reason = Some(Arc::from("too_large"))
         });
+        shared.metrics.denied(&msg.name, &sender.service, "too_large");
+        shared.alerts.denial(&sender.service, None);
         let text =
             format!("{} bytes exceeds the policy's limit of {max} bytes for {}", msg.payload.len(), msg.name);
         return Err(Box::new(error_frame(corr, ErrorCode::MessageTooLarge, text)));
     }
-    if let Some(rate) = limits.rate
+    if let Some(rate) = cached.rate
         && !take_token(shared, &sender.service, rate)
     {
         super::core::audit_record(&shared.audit, Event::Deny, &msg, None, Some(&decision.rule), |r| {
             r.reason = Some(Arc::from("rate_limited"))
         });
+        shared.metrics.denied(&msg.name, &sender.service, "rate_limited");
         let text = format!(
             "{} is over its send rate of {}/s (burst {})",
             sender.service, rate.per_second, rate.burst
@@ -354,9 +474,9 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
     }
     let msg = Arc::new(msg);
     if msg.kind == Kind::Reply {
-        return Ok(Command::Reply { msg, corr, tags: send.tags });
+        return Ok(Command::Reply { msg, corr, tags: send.tags, permit: None });
     }
-    let receivers = policy.receivers(&msg.name, msg.version);
+    let receivers = cached.receivers;
     let mut record = Record::new(Event::Send);
     fill(&mut record, &msg, &decision.rule);
     let ticket = shared.audit.record(record).map_err(|_| {
@@ -366,7 +486,15 @@ fn check_send(send: wire::Send, sender: &Sender, shared: &Shared) -> Result<Comm
             "audit log unavailable; the router refuses new sends",
         ))
     })?;
-    Ok(Command::Route { msg, corr, receivers, tags: send.tags, grants: send.grants, audit: Some(ticket) })
+    Ok(Command::Route(Route {
+        msg,
+        corr,
+        receivers,
+        tags: send.tags,
+        grants: send.grants,
+        audit: Some(ticket),
+        permit: None,
+    }))
 }
 
 /// Takes one token from the service's bucket (made on first use, re-rated
@@ -407,21 +535,44 @@ async fn write_loop(
     while open || !pending.is_empty() {
         tokio::select! {
             biased;
-            Some(frame) = pending.next(), if !pending.is_empty() => writer.push(&frame),
+            Some(frame) = pending.next(), if !pending.is_empty() => {
+                writer.push(&frame);
+                // Accepts resolve a whole audit batch at a time: take every ready one.
+                while let Some(Some(frame)) = pending.next().now_or_never() {
+                    writer.push(&frame);
+                }
+            }
             out = rx.recv(), if open => match out {
                 Some(out) => push(&mut writer, &mut pending, out),
                 None => open = false,
             },
         }
-        while writer.pending() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(out) => push(&mut writer, &mut pending, out),
-                Err(_) => break,
-            }
+        drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
+        if writer.pending() < BATCH_BYTES {
+            // The core hands frames over one command at a time; flushing at
+            // once would cost a TLS record and a syscall per frame. One yield
+            // lets the producers add what they are about to send.
+            tokio::task::yield_now().await;
+            drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
         }
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+/// Moves what is already queued into the batch, up to `max` bytes.
+fn drain(
+    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+    pending: &mut FuturesOrdered<PendingFrame>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    max: usize,
+) {
+    while writer.pending() < max {
+        match rx.try_recv() {
+            Ok(out) => push(writer, pending, out),
+            Err(_) => break,
+        }
+    }
 }
 
 fn push(
@@ -431,10 +582,12 @@ fn push(
 ) {
     match out {
         Outbound::Frame(frame) => writer.push(&frame),
-        Outbound::Accept { corr, receivers, durable: None } if pending.is_empty() => {
+        // The in-flight permit is released as the answer is queued for writing.
+        Outbound::Accept { corr, receivers, durable: None, .. } if pending.is_empty() => {
             writer.push(&accepted(corr, receivers))
         }
-        Outbound::Accept { corr, receivers, durable } => pending.push_back(Box::pin(async move {
+        Outbound::Accept { corr, receivers, durable, permit } => pending.push_back(Box::pin(async move {
+            let _permit = permit;
             match durable {
                 None => accepted(corr, receivers),
                 Some(d) => match d.await {

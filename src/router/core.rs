@@ -19,11 +19,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::decisions::ReceiveCache;
+use super::introspect::Snapshot;
 use super::message::{ConnId, Message, Sender, now_ms};
+use super::metrics::{CoreMetrics, Metrics};
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
@@ -45,6 +48,8 @@ pub enum Outbound {
         receivers: u32,
         /// Audit and store writes to wait for; `None` when nothing to wait for.
         durable: Option<Durable>,
+        /// The send's in-flight slot, released once the answer is written.
+        permit: Option<OwnedSemaphorePermit>,
     },
 }
 
@@ -74,20 +79,7 @@ pub enum Command {
         prefetch: u32,
     },
     /// Route an accepted command or event (policy-checked by the connection).
-    Route {
-        /// The message.
-        msg: Arc<Message>,
-        /// The send's correlation id.
-        corr: u64,
-        /// Services the policy lets receive it.
-        receivers: Arc<[Arc<str>]>,
-        /// End-to-end tags per receiving service.
-        tags: Vec<ServiceBlob>,
-        /// End-to-end grants per receiving service.
-        grants: Vec<ServiceBlob>,
-        /// The audit write of the send record.
-        audit: Option<audit::Ticket>,
-    },
+    Route(Route),
     /// Route a reply back to its requester.
     Reply {
         /// The reply.
@@ -96,6 +88,8 @@ pub enum Command {
         corr: u64,
         /// End-to-end tags (the requester's).
         tags: Vec<ServiceBlob>,
+        /// The send's in-flight slot on its connection.
+        permit: Option<OwnedSemaphorePermit>,
     },
     /// Deliveries acknowledged.
     Ack {
@@ -118,6 +112,26 @@ pub enum Command {
         /// The connection.
         conn: ConnId,
     },
+    /// Report the routing state (admin API, metrics scrape).
+    Introspect(oneshot::Sender<Snapshot>),
+}
+
+/// An accepted command or event, ready to queue.
+pub struct Route {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The send's correlation id.
+    pub corr: u64,
+    /// Services the policy lets receive it.
+    pub receivers: Arc<[Arc<str>]>,
+    /// End-to-end tags per receiving service.
+    pub tags: Vec<ServiceBlob>,
+    /// End-to-end grants per receiving service.
+    pub grants: Vec<ServiceBlob>,
+    /// The audit write of the send record.
+    pub audit: Option<audit::Ticket>,
+    /// The send's in-flight slot on its connection.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Limits and defaults of the core.
@@ -173,6 +187,7 @@ struct Conn {
     inflight: HashMap<u64, Inflight>,
     /// Epochs whose grant this connection has been sent.
     grants_sent: HashSet<Bytes>,
+    connected_ms: u64,
 }
 
 impl Conn {
@@ -231,6 +246,8 @@ pub struct Core {
     /// The current connection of each connected instance.
     instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
+    metrics: CoreMetrics,
+    receive_decisions: ReceiveCache,
 }
 
 /// Runs the core until shutdown or until every sender is gone.
@@ -275,7 +292,15 @@ impl Core {
             replies: HashMap::new(),
             instances: HashMap::new(),
             next_tag: 1,
+            metrics: CoreMetrics::new(Arc::new(Metrics::new())),
+            receive_decisions: ReceiveCache::default(),
         }
+    }
+
+    /// Counts into `metrics` (by default the core counts into a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = CoreMetrics::new(metrics);
+        self
     }
 
     /// Queues entries reloaded from the store (at start, before any connection).
@@ -304,13 +329,14 @@ impl Core {
             Command::Subscribe { conn, subscriptions, prefetch } => {
                 self.subscribe(conn, subscriptions, prefetch)
             }
-            Command::Route { msg, corr, receivers, tags, grants, audit } => {
-                self.route(msg, corr, &receivers, tags, grants, audit)
-            }
-            Command::Reply { msg, corr, tags } => self.reply(msg, corr, tags),
+            Command::Route(route) => self.route(route),
+            Command::Reply { msg, corr, tags, permit } => self.reply(msg, corr, tags, permit),
             Command::Ack { conn, tags } => self.ack(conn, tags),
             Command::Nack { conn, tag, requeue } => self.nack(conn, tag, requeue),
             Command::Disconnect { conn } => self.disconnect(conn),
+            Command::Introspect(reply) => {
+                let _ = reply.send(self.snapshot(now_ms()));
+            }
         }
     }
 
@@ -326,6 +352,7 @@ impl Core {
                 prefetch: self.config.default_prefetch,
                 inflight: HashMap::new(),
                 grants_sent: HashSet::new(),
+                connected_ms: now_ms(),
             },
         );
         self.services.entry(service).or_default().instances.push(id);
@@ -342,15 +369,9 @@ impl Core {
         self.dispatch(&service);
     }
 
-    fn route(
-        &mut self,
-        msg: Arc<Message>,
-        corr: u64,
-        receivers: &[Arc<str>],
-        tags: Vec<ServiceBlob>,
-        grants: Vec<ServiceBlob>,
-        audit: Option<audit::Ticket>,
-    ) {
+    fn route(&mut self, route: Route) {
+        let Route { msg, corr, receivers, tags, grants, audit, permit } = route;
+        let receivers = &receivers[..];
         let sender_conn = msg.sender.conn;
         let size = msg.size();
         // All or nothing: refuse before queueing anywhere if any queue is full.
@@ -367,6 +388,7 @@ impl Core {
                 self.audit_msg(Event::Deny, &msg, Some(svc), None, |r| {
                     r.reason = Some(Arc::from("queue_full"))
                 });
+                self.metrics.denied(&msg.name, &msg.sender.service, "queue_full");
                 self.send_error(sender_conn, corr, ErrorCode::QueueFull, text);
                 return;
             }
@@ -388,6 +410,7 @@ impl Core {
             }
             state.bytes += size;
             state.queue.push_back(Queued { msg: msg.clone(), auth_tag, attempts: 0, seq });
+            self.metrics.routed(&msg.name, svc);
         }
         if msg.expects_reply {
             let deadline_ms = if msg.expires_at_ms != 0 {
@@ -406,13 +429,22 @@ impl Core {
             );
         }
         let wait = combine(audit, durable);
-        self.push(sender_conn, Outbound::Accept { corr, receivers: receivers.len() as u32, durable: wait });
+        self.push(
+            sender_conn,
+            Outbound::Accept { corr, receivers: receivers.len() as u32, durable: wait, permit },
+        );
         for svc in receivers {
             self.dispatch(svc);
         }
     }
 
-    fn reply(&mut self, msg: Arc<Message>, corr: u64, tags: Vec<ServiceBlob>) {
+    fn reply(
+        &mut self,
+        msg: Arc<Message>,
+        corr: u64,
+        tags: Vec<ServiceBlob>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let replier = msg.sender.conn;
         let Some(command) = msg.response_to else { return };
         let Some(route) = self.replies.get(&command) else {
@@ -431,14 +463,16 @@ impl Core {
             // The route stays until its deadline: the requester may be reconnecting.
             self.audit_msg(Event::Drop, &msg, None, None, |r| r.reason = Some(Arc::from("requester_gone")));
             // The replier did its part; the requester is gone, so the reply is dropped, not queued.
-            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None });
+            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None, permit });
             return;
         };
         let req_service = req.handle.sender.service.clone();
-        let decision = self.policy.load().check_receive(&req_service, &msg.name, msg.version);
+        let policy = self.policy.load_full();
+        let decision = self.receive_decisions.get(&policy, &req_service, &msg.name, msg.version);
         if !decision.allowed {
             let text = format!("{req_service} may not receive {} (reply)", msg.name);
             self.audit_msg(Event::Deny, &msg, Some(&req_service), Some(&decision.rule), |_| {});
+            self.metrics.denied(&msg.name, &req_service, "policy");
             self.send_error(replier, corr, ErrorCode::Denied, text);
             return;
         }
@@ -466,11 +500,12 @@ impl Core {
                 self.replies.remove(&command);
             }
         }
-        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None });
+        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None, permit });
     }
 
     fn refuse_reply(&mut self, msg: &Message, corr: u64, why: &str) {
         self.audit_msg(Event::Deny, msg, None, None, |r| r.reason = Some(Arc::from("reply_not_allowed")));
+        self.metrics.denied(&msg.name, &msg.sender.service, "reply_not_allowed");
         let text = format!("{} may not reply {} to that command: {why}", msg.sender.service, msg.name);
         self.send_error(msg.sender.conn, corr, ErrorCode::ReplyNotAllowed, text);
     }
@@ -539,6 +574,7 @@ impl Core {
             self.audit_msg(Event::Redeliver, &q.msg, Some(service), None, |r| {
                 r.reason = Some(Arc::from(why))
             });
+            self.metrics.redelivered(service);
             if let Some(s) = self.services.get_mut(service) {
                 s.queue.push_front(q);
             }
@@ -557,7 +593,7 @@ impl Core {
     /// Hands queued messages of `service` to instances that can take them.
     fn dispatch(&mut self, service: &Arc<str>) {
         let now = now_ms();
-        let policy = self.policy.load();
+        let policy = self.policy.load_full();
         let Some(state) = self.services.get_mut(service) else { return };
         let mut i = 0;
         let mut scanned = 0;
@@ -575,7 +611,7 @@ impl Core {
                 }
                 continue;
             }
-            let decision = policy.check_receive(service, &msg.name, msg.version);
+            let decision = self.receive_decisions.get(&policy, service, &msg.name, msg.version);
             if !decision.allowed {
                 // The policy changed since the message was queued: revocation applies to the backlog.
                 if let Some(q) = state.queue.remove(i) {
@@ -589,6 +625,7 @@ impl Core {
                         Some(&decision.rule),
                         |r| r.reason = Some(Arc::from("receive_revoked")),
                     );
+                    self.metrics.denied(&q.msg.name, service, "receive_revoked");
                 }
                 continue;
             }
@@ -627,6 +664,10 @@ impl Core {
             audit_record(&self.audit, Event::Deliver, &q.msg, Some(service), Some(&decision.rule), |r| {
                 r.receiver_instance = Some(conn.handle.sender.instance.clone())
             });
+            self.metrics.delivered(service);
+            if q.attempts == 1 {
+                self.metrics.latency(q.msg.received);
+            }
             conn.inflight.insert(tag, Inflight { q, since_ms: now });
         }
     }
@@ -696,6 +737,48 @@ impl Core {
         f: impl FnOnce(&mut Record),
     ) {
         audit_record(&self.audit, event, msg, receiver, rule, f);
+    }
+
+    /// The routing state as the admin API shows it.
+    pub fn snapshot(&self, now: u64) -> Snapshot {
+        use super::introspect::{InstanceSnapshot, ServiceSnapshot, SubscriptionSnapshot};
+        let mut services: Vec<ServiceSnapshot> = self
+            .services
+            .iter()
+            .map(|(name, state)| {
+                let instances: Vec<InstanceSnapshot> = state
+                    .instances
+                    .iter()
+                    .filter_map(|id| self.conns.get(id))
+                    .map(|c| InstanceSnapshot {
+                        instance: c.handle.sender.instance.to_string(),
+                        identity: c.handle.sender.identity.to_string(),
+                        conn: c.handle.sender.conn,
+                        remote: c.handle.remote,
+                        connected_at_ms: c.connected_ms,
+                        subscriptions: c
+                            .subs
+                            .iter()
+                            .map(|(n, v)| SubscriptionSnapshot { name: n.to_string(), versions: v.clone() })
+                            .collect(),
+                        prefetch: c.prefetch,
+                        in_flight: c.inflight.len(),
+                    })
+                    .collect();
+                let oldest = state.queue.iter().map(|q| q.msg.timestamp_ms).min();
+                ServiceSnapshot {
+                    service: name.to_string(),
+                    in_flight: instances.iter().map(|i| i.in_flight).sum(),
+                    instances,
+                    queue_depth: state.queue.len(),
+                    queue_bytes: state.bytes,
+                    oldest_queued_age_ms: oldest.map(|t| now.saturating_sub(t)),
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        let routes = super::introspect::routes(&self.policy.load(), &services);
+        Snapshot { taken_at_ms: now, services, routes }
     }
 
     /// Messages waiting per service (for introspection and tests).

@@ -85,6 +85,8 @@ pub struct Message {
     pub sender: Sender,
     /// When the router accepted it, Unix ms.
     pub timestamp_ms: u64,
+    /// When it was parsed here (monotonic), for the routing latency metric.
+    pub received: std::time::Instant,
     /// The header bytes exactly as received.
     pub header: Bytes,
     /// The payload bytes exactly as received.
@@ -122,6 +124,7 @@ impl Message {
             epoch: h.epoch,
             sender,
             timestamp_ms: now_ms,
+            received: std::time::Instant::now(),
             header,
             payload,
         })

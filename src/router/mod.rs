@@ -4,7 +4,7 @@
 //!
 //! Its parts: [`connection`] (handshake, `Hello`, per-connection reading and
 //! batched writing, the send check), [`core`] (the one task that owns routing
-//! state), [`message`] (what an accepted message is), [`keys`] (the key
+//! state), [`decisions`] (cached policy answers), [`message`] (what an accepted message is), [`keys`] (the key
 //! directory). It must never import `e2e`: it moves sealed payloads as opaque
 //! bytes and holds no key that could open them.
 //!
@@ -21,9 +21,13 @@
 
 pub mod connection;
 pub mod core;
+pub mod decisions;
+pub mod introspect;
 pub mod keys;
 pub mod message;
+pub mod metrics;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -31,11 +35,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminConfig;
+use crate::admin::alerts::{AlertConfig, Alerts};
 use crate::audit::AuditHandle;
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
@@ -80,6 +86,15 @@ pub struct RouterLimits {
     pub drain_timeout: Duration,
     /// Commands that may wait for the routing core.
     pub core_queue: usize,
+    /// Most connections of one service identity at once.
+    pub max_connections_per_identity: usize,
+    /// A connection silent this long is pinged; silent for twice as long, closed.
+    pub idle_timeout: Duration,
+    /// Sends of one connection accepted by the router but not yet answered;
+    /// past it the router stops reading that connection until answers go out.
+    pub max_in_flight: usize,
+    /// Most subscriptions (names) one instance may hold.
+    pub max_subscriptions: usize,
 }
 
 impl Default for RouterLimits {
@@ -92,6 +107,10 @@ impl Default for RouterLimits {
             outbox: 8192,
             drain_timeout: Duration::from_secs(5),
             core_queue: 8192,
+            max_connections_per_identity: 256,
+            idle_timeout: Duration::from_secs(60),
+            max_in_flight: 4096,
+            max_subscriptions: 1024,
         }
     }
 }
@@ -113,6 +132,12 @@ pub struct RouterConfig {
     pub limits: RouterLimits,
     /// Queue and delivery settings.
     pub core: CoreConfig,
+    /// The admin API listener; `None` (the default) serves none.
+    pub admin: Option<AdminConfig>,
+    /// Traffic alert thresholds.
+    pub alerts: AlertConfig,
+    /// Where the router counts (served at the admin API's `/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl RouterConfig {
@@ -126,14 +151,55 @@ impl RouterConfig {
             store: Arc::new(Store::Memory),
             limits: RouterLimits::default(),
             core: CoreConfig::default(),
+            admin: None,
+            alerts: AlertConfig::default(),
+            metrics: Arc::new(metrics::Metrics::new()),
         }
+    }
+}
+
+/// Changes the router's TLS without a restart: a new certificate, CA
+/// bundle or CRLs take effect at the next handshake, and connections whose
+/// certificate a new CRL revokes are closed. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsHandle {
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+    revoked: Arc<watch::Sender<Arc<HashSet<Vec<u8>>>>>,
+}
+
+impl TlsHandle {
+    fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        let (tx, _) = watch::channel(Arc::new(HashSet::new()));
+        TlsHandle { config: Arc::new(ArcSwap::new(config)), revoked: Arc::new(tx) }
+    }
+
+    /// Uses `config` for every new handshake and closes live connections
+    /// whose certificate serial is in `revoked` (from [`crate::tls::revoked_serials`]).
+    pub fn update(&self, config: Arc<rustls::ServerConfig>, revoked: HashSet<Vec<u8>>) {
+        self.config.store(config);
+        self.revoked.send_replace(Arc::new(revoked));
+    }
+
+    /// The configuration new handshakes use now.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.load_full())
+    }
+
+    pub(crate) fn revocations(&self) -> watch::Receiver<Arc<HashSet<Vec<u8>>>> {
+        self.revoked.subscribe()
     }
 }
 
 /// A bound router, ready to run.
 pub struct Router {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: RouterConfig,
+    tls: TlsHandle,
 }
 
 impl Router {
@@ -142,7 +208,21 @@ impl Router {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| RouterError::Bind { addr: config.listen, source })?;
-        Ok(Router { listener, config })
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| RouterError::Bind { addr: a.listen, source })?,
+            ),
+            None => None,
+        };
+        let tls = TlsHandle::new(config.tls.clone());
+        Ok(Router { listener, admin, config, tls })
+    }
+
+    /// The handle that swaps TLS settings while the router runs.
+    pub fn tls_handle(&self) -> TlsHandle {
+        self.tls.clone()
     }
 
     /// The address actually bound.
@@ -150,18 +230,46 @@ impl Router {
         self.listener.local_addr()
     }
 
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` fires, then stops accepting, lets connections
     /// write what they have queued, and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), RouterError> {
-        let Router { listener, config } = self;
+        let Router { listener, admin, config, tls } = self;
         let mut core =
-            core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core);
+            core::Core::new(config.policy.clone(), config.audit.clone(), config.store.clone(), config.core)
+                .with_metrics(config.metrics.clone());
         let restored = core.restore(config.store.load()?)?;
         if restored > 0 {
             info!(messages = restored, "restored queued messages from the store");
         }
         let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue);
         let core_task = tokio::spawn(core::run(core, core_rx, shutdown.clone()));
+        let admin_task = match (admin, &config.admin) {
+            (Some(listener), Some(ac)) => {
+                let state = crate::admin::AdminState::new(
+                    core_tx.clone(),
+                    config.policy.clone(),
+                    config.audit.clone(),
+                    config.metrics.clone(),
+                    ac,
+                );
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "admin API listening");
+                }
+                Some(tokio::spawn(crate::admin::serve(
+                    listener,
+                    ac.tls.clone(),
+                    Arc::new(state),
+                    shutdown.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let alerts = Arc::new(Alerts::new(config.alerts, config.audit.clone(), config.metrics.clone()));
         let shared = Arc::new(connection::Shared {
             policy: config.policy,
             audit: config.audit,
@@ -169,9 +277,12 @@ impl Router {
             limits: config.limits.clone(),
             keys: keys::KeyDirectory::default(),
             next_conn: AtomicU64::new(1),
+            per_identity: std::sync::Mutex::new(std::collections::HashMap::new()),
+            tls: tls.clone(),
+            metrics: config.metrics.clone(),
+            alerts,
             rates: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
-        let acceptor = TlsAcceptor::from(config.tls);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut tasks = JoinSet::new();
         let mut stop = shutdown.clone();
@@ -198,7 +309,7 @@ impl Router {
                 },
                 _ = stop.wait() => break,
             };
-            let fut = connection::serve(tcp, remote, acceptor.clone(), shared.clone(), shutdown.clone());
+            let fut = connection::serve(tcp, remote, tls.acceptor(), shared.clone(), shutdown.clone());
             tasks.spawn(async move {
                 fut.await;
                 drop(permit);
@@ -212,6 +323,9 @@ impl Router {
             tasks.abort_all();
         }
         drop(shared);
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         if let Err(err) = core_task.await {
             error!(error = %err, "routing core failed");
         }

@@ -68,6 +68,31 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError>
     Ok(Arc::new(config))
 }
 
+/// The admin API's TLS configuration: the router's own certificate, TLS 1.3,
+/// and no client certificate. This is the one server config without client
+/// authentication, on purpose: the admin listener is a separate port whose
+/// callers (operators, security reviewers) authenticate with signed tokens
+/// on every request, and it never carries bus traffic.
+pub fn admin_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_chain = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(cert_chain, key)
+        .map_err(|source| TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    // Plain HTTP/1.1; announcing it lets ALPN-speaking clients agree on it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A relay's TLS configuration from an identity directory: presents
 /// `cert.pem`/`key.pem`, trusts only `ca.pem`, TLS 1.3 only.
 pub fn client_config(identity: &IdentityDir) -> Result<Arc<ClientConfig>, TlsError> {

@@ -9,6 +9,8 @@
 //! relax these rules (no flag, no feature turns client authentication off).
 //!
 //! - [`server_config`]: the router's config (webpki + CRLs + SPIFFE check).
+//! - [`admin_server_config`]: the admin API's config (server certificate
+//!   only; its callers authenticate with tokens, on a port of its own).
 //! - [`client_config`]: a relay's config from an identity directory.
 //! - [`peer_identity`] / [`identity_of_cert`] / [`parse_spiffe_service`]:
 //!   the service identity of a certificate.
@@ -18,16 +20,18 @@
 mod config;
 mod failure;
 mod identity;
+mod revocation;
 mod verifier;
 
 use std::path::PathBuf;
 
-pub use config::{client_config, server_config};
+pub use config::{admin_server_config, client_config, server_config};
 pub use failure::{REASONS, handshake_failure_detail, handshake_failure_reason};
 pub use identity::{
     IdentityError, MAX_SERVICE_NAME_LEN, MAX_TRUST_DOMAIN_LEN, PeerIdentity, identity_in_domain,
     identity_of_cert, parse_spiffe_service, validate_service_name, validate_trust_domain,
 };
+pub use revocation::{LeafFacts, leaf_facts, revoked_serials};
 
 /// Why a TLS configuration or a peer identity was refused.
 ///

@@ -385,4 +385,7 @@ pub enum ErrorCode {
     StoreUnavailable = 14,
     /// Something failed inside the router.
     Internal = 15,
+    /// A router limit was reached: connections of this identity, or
+    /// subscriptions of this instance.
+    LimitExceeded = 16,
 }

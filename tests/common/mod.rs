@@ -50,7 +50,10 @@ pub const SERVICES: &[&str] = &["web", "todo", "mailer", "intruder", "stranger"]
 pub struct TestBus {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The admin API's address, with `BusOptions::admin`.
+    pub admin_addr: Option<SocketAddr>,
     pub audit_path: PathBuf,
+    tls: exocom::router::TlsHandle,
     trigger: Option<ShutdownTrigger>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -64,6 +67,8 @@ pub struct BusOptions {
     pub max_frame: Option<usize>,
     pub crls: Vec<PathBuf>,
     pub data_dir: bool,
+    /// Serve the admin API on 127.0.0.1:0 (router certificate, `certs/admin/pub.pem`, issuer `exocom`).
+    pub admin: bool,
     pub configure: Option<Configure>,
 }
 
@@ -74,6 +79,7 @@ impl Default for BusOptions {
             max_frame: None,
             crls: Vec::new(),
             data_dir: false,
+            admin: false,
             configure: None,
         }
     }
@@ -115,6 +121,19 @@ impl TestBus {
         if let Some(max) = opts.max_frame {
             config.limits.max_frame = max;
         }
+        assert!(!opts.data_dir, "durable store: not wired in this harness yet");
+        if opts.admin {
+            config.admin = Some(exocom::admin::AdminConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: tls::admin_server_config(&files).unwrap(),
+                verifier: exocom::admin::auth::Verifier::from_pem_file(
+                    &certs.join("admin").join("pub.pem"),
+                    "exocom",
+                )
+                .unwrap(),
+                metrics_public: false,
+            });
+        }
         if opts.data_dir {
             let store = exocom::store::Store::open(&dir.path().join("data")).unwrap();
             config.store = std::sync::Arc::new(store);
@@ -124,10 +143,25 @@ impl TestBus {
         }
         let router = Router::bind(config).await.unwrap();
         let addr = router.local_addr().unwrap();
+        let tls_handle = router.tls_handle();
+        let admin_addr = router.admin_addr();
         let task = tokio::spawn(async move {
             router.run(shutdown).await.unwrap();
         });
-        TestBus { dir, addr, audit_path, trigger: Some(trigger), task: Some(task) }
+        TestBus {
+            dir,
+            addr,
+            admin_addr,
+            audit_path,
+            tls: tls_handle,
+            trigger: Some(trigger),
+            task: Some(task),
+        }
+    }
+
+    /// Changes the running router's TLS settings.
+    pub fn tls_handle(&self) -> exocom::router::TlsHandle {
+        self.tls.clone()
     }
 
     pub fn certs(&self) -> PathBuf {

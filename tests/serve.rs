@@ -1,0 +1,196 @@
+//! What the router does as a process and under failing resources:
+//! graceful stop on SIGTERM, refusing an unsigned policy when signatures are
+//! required, and failing closed when the audit log's disk is full.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use exocom::audit::{self, AuditConfig};
+use exocom::relay::ErrorKind;
+use serde_json::json;
+
+fn certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    exocom::certs::init(&certs, "example.org", &["web".into(), "todo".into()], 30).unwrap();
+    certs
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_router_gracefully_and_closes_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let key = certs.join("audit/key.pem");
+    let mut router = ServeProcess::start(
+        &certs,
+        &policy,
+        &["--audit-log".as_ref(), audit.as_os_str(), "--audit-key".as_ref(), key.as_os_str()],
+    )
+    .await;
+    let web = exocom::relay::Relay::builder(
+        router.addr.to_string(),
+        exocom::tls::IdentityDir::new(certs.join("web")),
+    )
+    .connect()
+    .await
+    .unwrap();
+    web.send("todos.create", &json!({})).await.unwrap();
+    router.signal("TERM");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = router.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("router did not stop within 10 s of SIGTERM");
+    assert!(status.success(), "router exited with {status}");
+    let lines = read_audit(&audit);
+    let events: Vec<&str> = lines.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert!(events.contains(&"log_stop"), "{events:?}");
+    assert_eq!(events.last(), Some(&"audit_checkpoint"), "the log ends signed: {events:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_exocom"))
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .arg("--pubkey")
+        .arg(certs.join("audit/pub.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test]
+async fn an_unsigned_policy_is_refused_when_signatures_are_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let serve = |policy: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_exocom"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--ca"])
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("router/cert.pem"))
+            .arg("--key")
+            .arg(certs.join("router/key.pem"))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--policy-pubkey")
+            .arg(certs.join("policy-signing/pub.pem"))
+            .output()
+            .unwrap()
+    };
+    let out = serve(&policy);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Signed by the security team's key: the router starts.
+    let sign = Command::new(env!("CARGO_BIN_EXE_exocom"))
+        .args(["policy", "sign"])
+        .arg(&policy)
+        .arg("--key")
+        .arg(certs.join("policy-signing/key.pem"))
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "{}", String::from_utf8_lossy(&sign.stderr));
+    let router = ServeProcess::start(
+        &certs,
+        &policy,
+        &["--policy-pubkey".as_ref(), certs.join("policy-signing/pub.pem").as_os_str()],
+    )
+    .await;
+    drop(router);
+}
+
+/// A tiny tmpfs for the audit log, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: the audit writer of the test may still hold its file open.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_audit_disk_refuses_sends_and_recovers_by_itself() {
+    let mnt = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount(mnt.path()) else {
+        eprintln!("note: cannot mount a tmpfs here (not root?); skipping the disk-full test");
+        return;
+    };
+    let path = tmpfs.0.join("audit.jsonl");
+    let audit_path = path.clone();
+    let bus = TestBus::start_with(BusOptions {
+        configure: Some(Box::new(move |cfg| {
+            let (trigger, shutdown) = exocom::shutdown::channel();
+            let mut ac = AuditConfig::new(audit_path);
+            ac.fsync = audit::FsyncPolicy::EveryBatch;
+            let (handle, _task) = audit::start(ac, shutdown).unwrap();
+            // The writer lives as long as the test process.
+            std::mem::forget(trigger);
+            cfg.audit = handle;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let web = bus.builder("web").circuit_breaker(1000, Duration::from_secs(1)).connect().await.unwrap();
+    web.send("todos.create", &json!({})).await.unwrap();
+
+    // Fill the disk.
+    let filler = tmpfs.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 1024]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refused = false;
+    for _ in 0..100 {
+        match web.send("todos.create", &json!({ "pad": "x".repeat(200) })).await {
+            Err(e) if e.kind() == ErrorKind::AuditUnavailable => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(refused, "sends were accepted while the audit log could not be written");
+
+    // Free the disk: the router resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for _ in 0..100 {
+        if web.send("todos.create", &json!({})).await.is_ok() {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the router did not resume after the disk was freed");
+    let lines = read_audit(&path);
+    assert!(lines.iter().any(|v| v["event"] == "audit_gap"), "recovery writes an audit_gap record");
+}
