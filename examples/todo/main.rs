@@ -55,12 +55,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router_addr = router.local_addr()?;
     let router_task = tokio::spawn(router.run(shutdown.clone()));
 
-    let todo = service::start(router_addr, certs.join("todo")).await?;
-    let web = web::start(http, router_addr, certs.join("web"), shutdown.clone()).await?;
+    // Sealed end to end with the same policy the router enforces, unless
+    // EXOCOM_DEMO_PLAIN is set (development: the router could read payloads).
+    let plain = std::env::var_os("EXOCOM_DEMO_PLAIN").is_some();
+    let sealing = (!plain).then(|| root.join("policy/todo.toml"));
+    let todo = service::start(router_addr, certs.join("todo"), sealing.clone()).await?;
+    let web = web::start(http, router_addr, certs.join("web"), sealing, shutdown.clone()).await?;
 
     println!("exocom todo demo");
     println!("  open         http://{}/", web.addr);
     println!("  router       {router_addr} (policy/todo.toml, certs-example/)");
+    println!("  payloads     {}", if plain { "plain (EXOCOM_DEMO_PLAIN)" } else { "sealed end to end" });
     println!("  audit log    {}", audit_path.display());
     println!(
         "  verify it    cargo run -- audit verify {} --pubkey certs-example/audit/pub.pem",

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use exocom::relay::{Error, ErrorKind, Relay};
+use exocom::relay::{E2eOptions, Error, ErrorKind, Relay};
 use exocom::tls::IdentityDir;
 use serde::{Deserialize, Serialize};
 
@@ -22,11 +22,16 @@ pub struct NewTodo {
     pub text: String,
 }
 
-pub async fn start(router: SocketAddr, identity: PathBuf) -> Result<Relay, Error> {
+pub async fn start(router: SocketAddr, identity: PathBuf, sealing: Option<PathBuf>) -> Result<Relay, Error> {
     let todos: Arc<Mutex<Vec<Todo>>> =
         Arc::new(Mutex::new(vec![Todo { id: 1, text: "read DESIGN.md".into() }]));
     let list = todos.clone();
-    Relay::builder(router.to_string(), IdentityDir::new(identity))
+    let identity = IdentityDir::new(identity);
+    let mut builder = Relay::builder(router.to_string(), identity.clone());
+    if let Some(policy) = sealing {
+        builder = builder.end_to_end(E2eOptions::new(&identity, policy));
+    }
+    builder
         .handle("todos.list", [1], move |_msg, reply| {
             let snapshot = list.lock().map(|t| t.clone()).unwrap_or_default();
             async move { reply.reply("todos.listing", &snapshot).await }

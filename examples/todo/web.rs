@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use exocom::relay::Relay;
+use exocom::relay::{E2eOptions, Relay};
 use exocom::shutdown::Shutdown;
 use exocom::tls::IdentityDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,9 +21,15 @@ pub async fn start(
     http: SocketAddr,
     router: SocketAddr,
     identity: PathBuf,
+    sealing: Option<PathBuf>,
     mut shutdown: Shutdown,
 ) -> Result<Web, Box<dyn std::error::Error>> {
-    let relay = Relay::builder(router.to_string(), IdentityDir::new(identity)).connect().await?;
+    let identity = IdentityDir::new(identity);
+    let mut builder = Relay::builder(router.to_string(), identity.clone());
+    if let Some(policy) = sealing {
+        builder = builder.end_to_end(E2eOptions::new(&identity, policy));
+    }
+    let relay = builder.connect().await?;
     let listener = TcpListener::bind(http).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {

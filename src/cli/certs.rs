@@ -96,11 +96,15 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<i32> {
     let result = match cmd {
         CertsCmd::Init(args) => run_init(&args),
         CertsCmd::Issue(args) => run_issue(&args),
-        CertsCmd::Revoke(args) => run_revoke(&args),
+        CertsCmd::Revoke(args) => run_revoke(&args).map_err(Failure::from),
     };
     match result {
         Ok(()) => Ok(exit::OK),
-        Err(err) => {
+        Err(Failure::Key(err)) => {
+            eprintln!("error: {err:#}");
+            Ok(exit::ERROR)
+        }
+        Err(Failure::Certs(err)) => {
             let hint = match &err {
                 CertsError::CaExists(_) => " (pass --force to replace it)",
                 _ => "",
@@ -111,14 +115,44 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<i32> {
     }
 }
 
-fn run_init(args: &InitArgs) -> Result<(), CertsError> {
+/// Why a subcommand failed: the certificate work, or the receive key after it.
+enum Failure {
+    Certs(CertsError),
+    Key(anyhow::Error),
+}
+
+impl From<CertsError> for Failure {
+    fn from(err: CertsError) -> Self {
+        Failure::Certs(err)
+    }
+}
+
+/// Creates the end-to-end receive key beside a service's certificate, or
+/// keeps the one already there (re-issuing a certificate must not make the
+/// service's queued messages unreadable; rotate with `exocom keygen --rotate`).
+fn receive_key(dir: &Path) -> Result<(), Failure> {
+    if dir.join(crate::e2e::keys::SECRET_FILE).exists() {
+        println!("kept {}", dir.join(crate::e2e::keys::SECRET_FILE).display());
+        return Ok(());
+    }
+    let (Some(parent), Some(service)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str())) else {
+        return Err(Failure::Key(anyhow::anyhow!("{} is not a service directory", dir.display())));
+    };
+    let key = crate::cli::keygen::create_service_key(parent, service).map_err(Failure::Key)?;
+    println!(
+        "wrote {} (key id {})",
+        dir.join(crate::e2e::keys::SECRET_FILE).display(),
+        hex::encode(key.key_id())
+    );
+    Ok(())
+}
+
+fn run_init(args: &InitArgs) -> Result<(), Failure> {
     let report = if args.force {
         certs::init_overwriting(&args.out, &args.trust_domain, &args.services, args.days)?
     } else {
         certs::init(&args.out, &args.trust_domain, &args.services, args.days)?
     };
-    // e2e receive keys are created here by cli: one per service in
-    // `report.services` (each `IssuedLeaf::dir` is that service's directory).
     println!(
         "created a development CA for trust domain {} in {} (valid {} days; not for production)",
         report.trust_domain,
@@ -132,12 +166,15 @@ fn run_init(args: &InitArgs) -> Result<(), CertsError> {
     for service in &report.services {
         print_identity(&format!("service {}", display_dir(&service.dir)), service);
     }
+    for service in &report.services {
+        receive_key(&service.dir)?;
+    }
     Ok(())
 }
 
-fn run_issue(args: &IssueArgs) -> Result<(), CertsError> {
+fn run_issue(args: &IssueArgs) -> Result<(), Failure> {
     let issued = certs::issue(&args.ca, &args.service, args.days, args.out.as_deref())?;
-    // e2e receive keys are created here by cli: one for `args.service` in `issued.dir`.
+    receive_key(&issued.dir)?;
     for file in issued.files() {
         println!("wrote {}", file.display());
     }

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::exit;
-use crate::relay::{Error, ErrorKind, Incoming, MessageOptions, Relay, Reply, Responder};
+use crate::relay::{
+    E2eOptions, Error, ErrorKind, Incoming, MessageOptions, Relay, RelayBuilder, Reply, Responder,
+};
 use crate::tls::IdentityDir;
 
 /// Arguments of `exocom send`.
@@ -53,6 +55,46 @@ pub struct SendArgs {
     /// The name the router's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// End-to-end sealing.
+    #[command(flatten, next_help_heading = "End-to-end sealing")]
+    pub sealing: SealingArgs,
+}
+
+/// End-to-end sealing options shared by `send` and `listen`.
+#[derive(Debug, clap::Args)]
+pub struct SealingArgs {
+    /// The policy this relay trusts to decide who may read what. With it,
+    /// and a receive.key in the identity directory, every message is sealed
+    /// end to end and every delivery opened and checked.
+    #[arg(long, env = "EXOCOM_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// A security-team public key (PEM) the policy must be signed with
+    /// (FILE.sig); repeat for several.
+    #[arg(long, value_name = "PEM", requires = "policy")]
+    pub policy_key: Vec<PathBuf>,
+    /// Send and receive plain payloads (development only: the router can read them).
+    #[arg(long)]
+    pub plain: bool,
+}
+
+impl SealingArgs {
+    /// End-to-end options, unless plain was asked for or no policy or
+    /// receive key is there.
+    fn options(&self, identity: &IdentityDir) -> Option<E2eOptions> {
+        let policy = self.policy.as_ref().filter(|_| !self.plain)?;
+        if !identity.dir.join(crate::e2e::keys::SECRET_FILE).exists() {
+            tracing::warn!(dir = %identity.dir.display(), "no receive.key in the identity directory; sending plain");
+            return None;
+        }
+        Some(E2eOptions::new(identity, policy).signed_by(self.policy_key.iter().cloned()))
+    }
+}
+
+fn with_sealing(builder: RelayBuilder, identity: &IdentityDir, sealing: &SealingArgs) -> RelayBuilder {
+    match sealing.options(identity) {
+        Some(opts) => builder.end_to_end(opts),
+        None => builder,
+    }
 }
 
 /// Arguments of `exocom listen`.
@@ -82,6 +124,9 @@ pub struct ListenArgs {
     /// The name the router's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// End-to-end sealing.
+    #[command(flatten, next_help_heading = "End-to-end sealing")]
+    pub sealing: SealingArgs,
 }
 
 /// Runs `exocom send`.
@@ -115,12 +160,12 @@ pub fn run_listen(args: ListenArgs) -> anyhow::Result<i32> {
 }
 
 async fn send(args: &SendArgs, payload: &Value) -> Result<i32, Error> {
-    let relay = Relay::builder(args.router.clone(), IdentityDir::new(args.identity.clone()))
+    let identity = IdentityDir::new(args.identity.clone());
+    let builder = Relay::builder(args.router.clone(), identity.clone())
         .server_name(args.server_name.clone())
         .request_timeout(args.timeout)
-        .connect_timeout(args.timeout)
-        .connect()
-        .await?;
+        .connect_timeout(args.timeout);
+    let relay = with_sealing(builder, &identity, &args.sealing).connect().await?;
     let opts = MessageOptions::new().version(args.version);
     let code = if args.request {
         let mut replies = relay.request_with(&args.name, payload, &opts).await?;
@@ -155,8 +200,12 @@ async fn listen(args: &ListenArgs, reply_payload: Value) -> Result<i32, Error> {
     let (lines, mut received) = mpsc::channel::<Value>(64);
     let taken = Arc::new(AtomicU64::new(0));
     let reply = args.reply.clone().map(|name| Arc::new((name, reply_payload)));
-    let mut builder = Relay::builder(args.router.clone(), IdentityDir::new(args.identity.clone()))
-        .server_name(args.server_name.clone());
+    let identity = IdentityDir::new(args.identity.clone());
+    let mut builder = with_sealing(
+        Relay::builder(args.router.clone(), identity.clone()).server_name(args.server_name.clone()),
+        &identity,
+        &args.sealing,
+    );
     if let Some(timeout) = args.timeout {
         builder = builder.connect_timeout(timeout);
     }
@@ -282,6 +331,7 @@ fn exit_code(kind: ErrorKind) -> i32 {
         ErrorKind::Certificate | ErrorKind::Config => exit::CERTIFICATE,
         ErrorKind::Timeout => exit::TIMEOUT,
         ErrorKind::InvalidName => exit::USAGE,
+        ErrorKind::Tampered | ErrorKind::Truncated | ErrorKind::NoReceivers => exit::FAILED,
         _ => exit::ERROR,
     }
 }

@@ -16,6 +16,7 @@ use super::connection::{ConnectionTask, Connector, TlsConnector};
 use super::error::{BoxError, Error, ErrorKind};
 use super::handler::{HandlerTable, Incoming, Responder, boxed};
 use super::options::Settings;
+use super::sealing::{E2e, E2eOptions};
 use super::shared::{SessionState, Shared};
 use super::{Inner, Relay};
 use crate::shutdown;
@@ -48,6 +49,8 @@ pub struct RelayBuilder {
     settings: Settings,
     handlers: HandlerTable,
     codec: Arc<dyn PayloadCodec>,
+    end_to_end: Option<E2eOptions>,
+    instance: String,
 }
 
 impl RelayBuilder {
@@ -58,6 +61,8 @@ impl RelayBuilder {
             settings: Settings::default(),
             handlers: HandlerTable::default(),
             codec: Arc::new(Plain),
+            end_to_end: None,
+            instance: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -143,6 +148,30 @@ impl RelayBuilder {
     /// The payload codec (default [`Plain`]); end-to-end sealing plugs in here.
     pub fn codec(mut self, codec: Arc<dyn PayloadCodec>) -> Self {
         self.codec = codec;
+        self.end_to_end = None;
+        self
+    }
+
+    /// Seals every command, event and reply end to end (docs/E2E.md): only
+    /// the services the trusted policy in `opts` lets receive a name, and
+    /// whose key announcement verifies against the pinned CA, can read it;
+    /// every delivery is opened and checked before a handler sees it. The
+    /// keys are loaded at [`connect`](Self::connect); a missing or bad file
+    /// is an [`ErrorKind::Config`] error there.
+    ///
+    /// ```no_run
+    /// # use exocom::relay::{E2eOptions, Relay};
+    /// # use exocom::tls::IdentityDir;
+    /// # async fn demo() -> Result<(), exocom::relay::Error> {
+    /// let identity = IdentityDir::new("certs-example/web");
+    /// let relay = Relay::builder("127.0.0.1:7443", identity.clone())
+    ///     .end_to_end(E2eOptions::new(&identity, "policy/todo.toml"))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn end_to_end(mut self, opts: E2eOptions) -> Self {
+        self.end_to_end = Some(opts);
         self
     }
 
@@ -209,7 +238,16 @@ impl RelayBuilder {
                 )
             })?;
         let connector = TlsConnector { addr: self.addr.clone(), server_name, config };
-        self.connect_with(connector).await
+        let mut this = self;
+        if let Some(opts) = this.end_to_end.take() {
+            let identity = this.identity.clone();
+            let instance = this.instance.clone();
+            let e2e = tokio::task::spawn_blocking(move || E2e::load(&identity, &opts, &instance))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Config, "loading end-to-end keys failed", e))??;
+            this.codec = Arc::new(e2e);
+        }
+        this.connect_with(connector).await
     }
 
     /// Connects through any [`Connector`] (the seam tests use).
@@ -220,7 +258,8 @@ impl RelayBuilder {
         let (trigger, shutdown) = shutdown::channel();
         let retry = settings.retry_initial_connect;
         let shared = Arc::new(Shared {
-            instance: uuid::Uuid::new_v4().to_string(),
+            instance: self.instance,
+            rejections: self.codec.rejections().unwrap_or_default(),
             codec: self.codec,
             breakers: Breakers::new(settings.breaker),
             requests: Arc::new(Semaphore::new(settings.max_outstanding_requests)),

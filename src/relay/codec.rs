@@ -1,18 +1,26 @@
-//! The payload seam: every payload the relay sends passes through
+//! The payload seam: every message the relay sends passes through
 //! [`PayloadCodec::seal`], every payload it receives through
 //! [`PayloadCodec::open`].
 //!
-//! [`Plain`] sends JSON bytes as they are; end-to-end sealing plugs in here
-//! without touching the connection, the handlers or the router. The relay
-//! encodes the routing header exactly once, and the bytes the codec sees as
-//! associated data are the bytes that go on the wire. This module must never
-//! look inside payloads for routing, and never log them.
+//! [`Plain`] sends JSON bytes as they are; end-to-end sealing
+//! ([`RelayBuilder::end_to_end`](super::RelayBuilder::end_to_end)) plugs in here without touching the handlers or the
+//! router. The codec owns the final encoding of the routing header: the
+//! bytes it returns in [`SealedPayload::header`] are what goes on the wire
+//! and, for a sealed message, exactly the AEAD associated data. Replies are
+//! sealed and opened per request through [`ReplySealing`] and
+//! [`ReplyOpening`], which the codec hands out with the command.
+//!
+//! This module must never look inside payloads for routing, and never log them.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
-use crate::wire::{Deliver, RoutingHeader, ServiceBlob};
+use super::rejections::Rejections;
+use crate::wire::frame::encode_header;
+use crate::wire::{Body, Deliver, KeyDirectory, KeyQuery, RoutingHeader, ServiceBlob};
 
 /// Why a codec refused to seal or open a payload.
 #[derive(Debug, thiserror::Error)]
@@ -24,17 +32,47 @@ pub enum CodecError {
         /// The header's `seal` value.
         seal: u32,
     },
-    /// The payload failed authentication or could not be decrypted.
-    #[error("payload could not be opened: {0}")]
-    Open(String),
-    /// The payload could not be sealed (no key, no grant, policy expired, …).
+    /// The payload failed authentication, was replayed, or could not be
+    /// decrypted: somebody on the path (or a co-receiver) tampered with it.
+    #[error("message rejected ({label}): {message}")]
+    Rejected {
+        /// A stable metric name (`bad_tag`, `replay`, …).
+        label: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A reply stream ended without its final reply.
+    #[error("reply stream truncated: {0}")]
+    Truncated(String),
+    /// No receiving service has a verified receive key (or the trusted
+    /// policy lets nobody receive the name).
+    #[error("{0}")]
+    NoReceivers(String),
+    /// The payload could not be sealed (no key, bad header, …).
     #[error("payload could not be sealed: {0}")]
     Seal(String),
 }
 
-/// A payload ready to send: what goes into `Send.payload`, `tags` and `grants`.
+impl CodecError {
+    /// A stable metric name for the error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsupported { .. } => "unsupported_seal",
+            Self::Rejected { label, .. } => label,
+            Self::Truncated(_) => "truncated",
+            Self::NoReceivers(_) => "no_receivers",
+            Self::Seal(_) => "seal_failed",
+        }
+    }
+}
+
+/// A message ready to send: what goes into `Send.header`, `payload`, `tags`
+/// and `grants`. Kept as is for re-sending after a reconnect.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SealedPayload {
+    /// The encoded routing header: the exact bytes the router forwards and,
+    /// when sealed, the associated data.
+    pub header: Bytes,
     /// The bytes the router forwards (ciphertext when sealed).
     pub payload: Bytes,
     /// Per-receiving-service authentication tags.
@@ -43,35 +81,122 @@ pub struct SealedPayload {
     pub grants: Vec<ServiceBlob>,
 }
 
-/// The context of an outgoing message, handed to [`PayloadCodec::seal`].
+/// A sealed command or event, and for a request how to open its replies.
 #[derive(Debug)]
-pub struct Outgoing<'a> {
-    /// The routing header as it was encoded.
-    pub header: &'a RoutingHeader,
-    /// The exact header bytes that travel in `Send.header`: the associated data.
-    pub header_bytes: &'a Bytes,
-    /// For a reply: the header of the command it answers (a sealing codec
-    /// finds the reply key it opened from that command by its id).
-    pub command: Option<&'a RoutingHeader>,
+pub struct Sealed {
+    /// What is sent.
+    pub message: SealedPayload,
+    /// Opens the replies to this command (set when it expects replies and
+    /// the codec seals replies).
+    pub replies: Option<Box<dyn ReplyOpening>>,
+}
+
+/// An opened delivery.
+#[derive(Debug)]
+pub struct Opened {
+    /// The serialized payload the handler gets.
+    pub payload: Bytes,
+    /// Seals the replies to this command (set when the codec seals replies
+    /// and the command carried a reply key).
+    pub replies: Option<Box<dyn ReplySealing>>,
+}
+
+/// Seals the replies of one handling of a command.
+pub trait ReplySealing: fmt::Debug + Send + Sync + 'static {
+    /// Seals one reply; the codec sets the end-to-end fields and encodes
+    /// `header`.
+    fn seal(&mut self, header: RoutingHeader, payload: Bytes) -> Result<SealedPayload, CodecError>;
+}
+
+/// Opens the replies to one request.
+pub trait ReplyOpening: fmt::Debug + Send + Sync + 'static {
+    /// Opens one delivered reply (`header` is `deliver.header` decoded).
+    fn open(&mut self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError>;
+    /// Whether a reply stream started but none reached its final reply
+    /// ([`CodecError::Truncated`] then).
+    fn finish(&self) -> Result<(), CodecError>;
 }
 
 /// Encodes outgoing payloads and decodes incoming ones.
 ///
 /// Implementations keep whatever state they need (sender keys, epochs,
-/// reply keys by command id) behind `&self`; the relay calls them from
-/// several tasks at once.
+/// verified keys) behind `&self`; the relay calls them from several tasks at
+/// once. Every method but [`seal`](Self::seal) and [`open`](Self::open) has
+/// a do-nothing default, for codecs without keys.
 pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
-    /// Sets the header fields the codec owns (`seal`, `epoch`, `seq`,
-    /// `policy_serial`) before the header is encoded. `command` is set for
-    /// replies.
-    fn prepare(&self, header: &mut RoutingHeader, command: Option<&RoutingHeader>) -> Result<(), CodecError>;
+    /// Seals a command or event: sets the header fields the codec owns,
+    /// encodes the header once and seals the payload under those bytes.
+    fn seal(&self, header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError>;
 
-    /// Turns the serialized payload into what is sent.
-    fn seal(&self, outgoing: Outgoing<'_>, payload: Bytes) -> Result<SealedPayload, CodecError>;
+    /// Seals a reply when the command came without a [`ReplySealing`].
+    fn seal_reply(&self, header: RoutingHeader, payload: Bytes) -> Result<SealedPayload, CodecError> {
+        let _ = (header, payload);
+        Err(CodecError::Seal("this codec seals replies only with the command's reply key".into()))
+    }
 
-    /// Turns a delivered payload back into the serialized payload. `header`
-    /// is `deliver.header` decoded; `deliver.header` holds its exact bytes.
-    fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError>;
+    /// Turns a delivered command or event back into the serialized payload.
+    /// `header` is `deliver.header` decoded; `deliver.header` holds its exact bytes.
+    fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError>;
+
+    /// Opens a reply to a request that came without a [`ReplyOpening`].
+    fn open_reply(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError> {
+        let _ = deliver;
+        Err(CodecError::Unsupported { seal: header.seal })
+    }
+
+    /// The handler of an opened delivery succeeded: from now on a copy of it
+    /// is a replay.
+    fn processed(&self, header: &RoutingHeader) {
+        let _ = header;
+    }
+
+    /// The router accepted a message (e.g. its grants arrived and need not
+    /// be sent again).
+    fn accepted(&self, sent: &SealedPayload) {
+        let _ = sent;
+    }
+
+    /// Frames to send after each `Welcome`, before subscribing (key
+    /// announcement, key query). `instance` is this relay's instance id.
+    fn session_frames(&self, instance: &str) -> Vec<Body> {
+        let _ = instance;
+        Vec::new()
+    }
+
+    /// Frames to send every [`refresh_interval`](Self::refresh_interval).
+    fn refresh_frames(&self, instance: &str) -> Vec<Body> {
+        let _ = instance;
+        Vec::new()
+    }
+
+    /// How often [`refresh_frames`](Self::refresh_frames) runs (`None`: never).
+    fn refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The router sent its key directory.
+    fn key_directory(&self, directory: KeyDirectory) {
+        let _ = directory;
+    }
+
+    /// Before sealing: a key query to send first, when a service that may
+    /// receive `header.name` has no verified key and the keys were not asked
+    /// for recently.
+    fn missing_keys(&self, header: &RoutingHeader) -> Option<KeyQuery> {
+        let _ = header;
+        None
+    }
+
+    /// Changes every time a key directory was processed.
+    fn key_updates(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// The counters the codec itself adds rejections to (e.g. refused key
+    /// announcements); the relay counts its rejections there too.
+    fn rejections(&self) -> Option<Rejections> {
+        None
+    }
 }
 
 /// No sealing: payloads travel as their JSON bytes (inside TLS only).
@@ -82,20 +207,21 @@ pub struct Plain;
 pub const SEAL_PLAIN: u32 = 0;
 
 impl PayloadCodec for Plain {
-    fn prepare(
-        &self,
-        header: &mut RoutingHeader,
-        _command: Option<&RoutingHeader>,
-    ) -> Result<(), CodecError> {
+    fn seal(&self, mut header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError> {
         header.seal = SEAL_PLAIN;
-        Ok(())
+        let header = encode_header(&header);
+        Ok(Sealed { message: SealedPayload { header, payload, ..Default::default() }, replies: None })
     }
 
-    fn seal(&self, _outgoing: Outgoing<'_>, payload: Bytes) -> Result<SealedPayload, CodecError> {
-        Ok(SealedPayload { payload, tags: Vec::new(), grants: Vec::new() })
+    fn seal_reply(&self, header: RoutingHeader, payload: Bytes) -> Result<SealedPayload, CodecError> {
+        Ok(self.seal(header, payload)?.message)
     }
 
-    fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError> {
+    fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
+        Ok(Opened { payload: self.open_reply(deliver, header)?, replies: None })
+    }
+
+    fn open_reply(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError> {
         if header.seal != SEAL_PLAIN {
             return Err(CodecError::Unsupported { seal: header.seal });
         }
@@ -106,25 +232,22 @@ impl PayloadCodec for Plain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frame::decode_header;
 
     #[test]
     fn plain_passes_bytes_through_and_refuses_sealed_payloads() {
-        let mut header = RoutingHeader { seal: 7, ..Default::default() };
-        Plain.prepare(&mut header, None).unwrap();
-        assert_eq!(header.seal, SEAL_PLAIN);
-        let header_bytes = crate::wire::frame::encode_header(&header);
-        let sealed = Plain
-            .seal(
-                Outgoing { header: &header, header_bytes: &header_bytes, command: None },
-                Bytes::from_static(b"{}"),
-            )
-            .unwrap();
-        assert_eq!(sealed.payload, Bytes::from_static(b"{}"));
-        assert!(sealed.tags.is_empty() && sealed.grants.is_empty());
+        let header = RoutingHeader { seal: 7, name: "a.b".into(), ..Default::default() };
+        let sealed = Plain.seal(header, Bytes::from_static(b"{}")).unwrap();
+        assert_eq!(sealed.message.payload, Bytes::from_static(b"{}"));
+        assert!(sealed.message.tags.is_empty() && sealed.message.grants.is_empty());
+        assert!(sealed.replies.is_none());
+        let on_wire = decode_header(&sealed.message.header).unwrap();
+        assert_eq!((on_wire.seal, on_wire.name.as_str()), (SEAL_PLAIN, "a.b"));
 
         let deliver = Deliver { payload: Bytes::from_static(b"[1]"), ..Default::default() };
-        assert_eq!(Plain.open(&deliver, &header).unwrap(), Bytes::from_static(b"[1]"));
+        assert_eq!(Plain.open(&deliver, &on_wire).unwrap().payload, Bytes::from_static(b"[1]"));
         let sealed_header = RoutingHeader { seal: 1, ..Default::default() };
         assert!(matches!(Plain.open(&deliver, &sealed_header), Err(CodecError::Unsupported { seal: 1 })));
+        assert_eq!(Plain.open(&deliver, &sealed_header).unwrap_err().label(), "unsupported_seal");
     }
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,7 +30,7 @@ use super::dedup::{DedupWindow, MessageId, Verdict};
 use super::error::{Error, ErrorKind};
 use super::handler::{HandlerFn, HandlerTable, Incoming, Responder};
 use super::request::Reply;
-use super::shared::{Command, SessionInfo, SessionState, Shared};
+use super::shared::{Command, SessionInfo, SessionState, Shared, codec_error};
 use crate::shutdown::Shutdown;
 use crate::wire::frame::decode_header;
 use crate::wire::{
@@ -93,7 +92,6 @@ struct Session<S> {
 /// A send written (or to be written) to the router, kept until answered so
 /// it can be re-sent, with the same message id, after a reconnect.
 struct PendingSend {
-    header: Bytes,
     sealed: SealedPayload,
     done: oneshot::Sender<Result<u32, Error>>,
 }
@@ -259,6 +257,10 @@ impl<C: Connector> ConnectionTask<C> {
             return end;
         }
 
+        let refresh_every = self.shared.codec.refresh_interval();
+        let mut refresh = tokio::time::interval(refresh_every.unwrap_or(Duration::from_secs(3600)));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.reset();
         let mut shutdown = self.shutdown.clone();
         let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let end = loop {
@@ -288,6 +290,13 @@ impl<C: Connector> ConnectionTask<C> {
                     Ok(None) => Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the router closed the connection"))),
                     Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
                 },
+                _ = refresh.tick(), if refresh_every.is_some() => {
+                    let mut step = Ok(());
+                    for body in self.shared.codec.refresh_frames(&self.shared.instance) {
+                        step = push(&out, body).await;
+                    }
+                    step
+                }
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command, generation, &out).await,
                     None => Err(SessionEnd::Closed),
@@ -330,6 +339,10 @@ impl<C: Connector> ConnectionTask<C> {
             subscriptions: self.handlers.subscriptions(),
             prefetch: self.shared.settings.prefetch,
         };
+        // Keys first: a sender that learns we subscribed should find our key.
+        for body in self.shared.codec.session_frames(&self.shared.instance) {
+            push(out, body).await?;
+        }
         push(out, Body::Subscribe(subscribe)).await?;
         self.inflight.retain(|_, p| !p.done.is_closed());
         let frames: Vec<Frame> = self.inflight.iter().map(|(corr, p)| send_frame(*corr, p)).collect();
@@ -349,6 +362,9 @@ impl<C: Connector> ConnectionTask<C> {
         match frame.body {
             Some(Body::Accepted(a)) => {
                 if let Some(p) = self.inflight.remove(&a.corr) {
+                    if !p.sealed.grants.is_empty() {
+                        self.shared.codec.accepted(&p.sealed);
+                    }
                     let _ = p.done.send(Ok(a.receivers));
                 }
             }
@@ -360,7 +376,8 @@ impl<C: Connector> ConnectionTask<C> {
             Some(Body::Error(e)) => return Err(SessionEnd::Lost(Error::from_code(e.code, &e.message))),
             Some(Body::Deliver(d)) => self.on_deliver(d, generation, out, draining).await?,
             Some(Body::Ping(p)) => push(out, Body::Pong(Pong { nonce: p.nonce })).await?,
-            Some(Body::Pong(_)) | Some(Body::KeyDirectory(_)) => {}
+            Some(Body::KeyDirectory(d)) => self.shared.codec.key_directory(d),
+            Some(Body::Pong(_)) => {}
             Some(_) | None => tracing::warn!("ignoring a frame the router should not send"),
         }
         Ok(())
@@ -376,11 +393,13 @@ impl<C: Connector> ConnectionTask<C> {
         let header = match decode_header(&d.header) {
             Ok(h) => h,
             Err(err) => {
+                self.shared.rejections.count("malformed_header");
                 tracing::warn!(error = %err, "dropping a delivery with an unreadable header");
                 return nack(out, d.tag, false).await;
             }
         };
         let Ok(id) = <MessageId>::try_from(&header.id[..]) else {
+            self.shared.rejections.count("malformed_header");
             tracing::warn!(name = %header.name, "dropping a delivery without a valid message id");
             return nack(out, d.tag, false).await;
         };
@@ -397,6 +416,23 @@ impl<C: Connector> ConnectionTask<C> {
         if draining {
             return nack(out, d.tag, true).await;
         }
+        // Open before anything else looks at the message: a header or
+        // payload the router altered must not reach the dedup window, the
+        // handler lookup or the handler.
+        let opened = match self.shared.codec.open(&d, &header) {
+            Ok(opened) => opened,
+            Err(err) => {
+                let label = err.label();
+                self.shared.rejections.count(label);
+                tracing::warn!(name = %header.name, sender = %d.sender, reason = label, error = %err, "rejected a delivery that failed its end-to-end checks");
+                if label == "replay" && self.dedup.begin(id) == Verdict::Duplicate {
+                    // Already handled here (e.g. our ack was lost): drop it for good.
+                    self.acks.push(d.tag);
+                    return Ok(());
+                }
+                return nack(out, d.tag, false).await;
+            }
+        };
         if self.dedup.begin(id) == Verdict::Duplicate {
             tracing::debug!(name = %header.name, attempt = d.attempt, "duplicate message id; acknowledged, not handled");
             self.acks.push(d.tag);
@@ -407,14 +443,6 @@ impl<C: Connector> ConnectionTask<C> {
             tracing::warn!(name = %header.name, version = header.version, "no handler for a delivered message; dead-lettering it");
             return nack(out, d.tag, false).await;
         };
-        let payload = match self.shared.codec.open(&d, &header) {
-            Ok(p) => p,
-            Err(err) => {
-                self.dedup.finish(id, false);
-                tracing::warn!(name = %header.name, error = %err, "payload could not be opened; dead-lettering it");
-                return nack(out, d.tag, false).await;
-            }
-        };
         let header = Arc::new(header);
         let incoming = Incoming {
             header: Arc::clone(&header),
@@ -423,48 +451,57 @@ impl<C: Connector> ConnectionTask<C> {
             sender_id: d.sender_id,
             timestamp_ms: d.timestamp_ms,
             attempt: d.attempt,
-            payload,
+            payload: opened.payload,
         };
-        let responder = Responder { shared: Arc::clone(&self.shared), command: header, next_seq: 0 };
+        let sealer = opened.replies.map(|s| Arc::new(std::sync::Mutex::new(s)));
+        let responder =
+            Responder { shared: Arc::clone(&self.shared), command: Arc::clone(&header), next_seq: 0, sealer };
         let shared = Arc::clone(&self.shared);
         tokio::spawn(run_handler(shared, handler, incoming, responder, generation, d.tag, id));
         Ok(())
     }
 
     fn on_reply(&mut self, d: &Deliver, header: RoutingHeader, id: MessageId) {
-        if self.dedup.begin(id) == Verdict::Duplicate {
-            return;
-        }
-        self.dedup.finish(id, true);
         let Ok(command) = <MessageId>::try_from(&header.response_to[..]) else {
             tracing::warn!(name = %header.name, "dropping a reply without a valid response_to");
             return;
         };
         let mut pending = self.shared.lock_replies();
-        let Some(sink) = pending.get(&command) else {
+        let Some(sink) = pending.get_mut(&command) else {
             tracing::debug!(name = %header.name, "reply to a request no longer waiting; dropped");
             return;
         };
-        let payload = match self.shared.codec.open(d, &header) {
-            Ok(p) => p,
+        let opened = match sink.opener.as_mut() {
+            Some(opener) => opener.open(d, &header),
+            None => self.shared.codec.open_reply(d, &header),
+        };
+        let item = match opened {
+            Ok(payload) => {
+                if self.dedup.begin(id) == Verdict::Duplicate {
+                    return;
+                }
+                self.dedup.finish(id, true);
+                Ok(Reply {
+                    name: header.name,
+                    version: header.version.max(1),
+                    id: uuid::Uuid::from_bytes(id),
+                    response_to: uuid::Uuid::from_bytes(command),
+                    sender: d.sender.clone(),
+                    sender_id: d.sender_id.clone(),
+                    timestamp_ms: d.timestamp_ms,
+                    stream_seq: header.stream_seq,
+                    stream_final: header.stream_final,
+                    payload,
+                })
+            }
             Err(err) => {
-                tracing::warn!(name = %header.name, error = %err, "reply payload could not be opened; dropped");
-                return;
+                let label = err.label();
+                self.shared.rejections.count(label);
+                tracing::warn!(name = %header.name, sender = %d.sender, reason = label, error = %err, "rejected a reply that failed its end-to-end checks");
+                Err(codec_error(err))
             }
         };
-        let reply = Reply {
-            name: header.name,
-            version: header.version.max(1),
-            id: uuid::Uuid::from_bytes(id),
-            response_to: uuid::Uuid::from_bytes(command),
-            sender: d.sender.clone(),
-            sender_id: d.sender_id.clone(),
-            timestamp_ms: d.timestamp_ms,
-            stream_seq: header.stream_seq,
-            stream_final: header.stream_final,
-            payload,
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(reply) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(item) {
             tracing::warn!("a request's reply buffer is full; dropping the request (slow consumer)");
             sink.overflowed.store(true, Ordering::Release);
             pending.remove(&command);
@@ -478,13 +515,14 @@ impl<C: Connector> ConnectionTask<C> {
         out: &mpsc::Sender<Frame>,
     ) -> Result<(), SessionEnd> {
         match command {
-            Command::Send { header, sealed, done } => {
+            Command::Frame(body) => push(out, body).await?,
+            Command::Send { sealed, done } => {
                 if done.is_closed() {
                     return Ok(());
                 }
                 let corr = self.next_corr;
                 self.next_corr += 1;
-                let pending = PendingSend { header, sealed, done };
+                let pending = PendingSend { sealed, done };
                 let frame = send_frame(corr, &pending);
                 self.inflight.insert(corr, pending);
                 out.send(frame).await.map_err(|_| writer_gone())?;
@@ -557,10 +595,15 @@ async fn run_handler(
     id: MessageId,
 ) {
     let name = incoming.name().to_owned();
+    let header = Arc::clone(&incoming.header);
     // The handler's state is dropped with the panic; nothing shared is left half-updated.
     let outcome = std::panic::AssertUnwindSafe(handler(incoming, responder)).catch_unwind().await;
     let success = match outcome {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => {
+            // Before the ack: from now on a copy of this message is a replay.
+            shared.codec.processed(&header);
+            true
+        }
         Ok(Err(err)) => {
             tracing::warn!(%name, error = %err, "handler failed; the message will be redelivered");
             false
@@ -608,7 +651,7 @@ fn send_frame(corr: u64, p: &PendingSend) -> Frame {
     Frame {
         body: Some(Body::Send(Send {
             corr,
-            header: p.header.clone(),
+            header: p.sealed.header.clone(),
             payload: p.sealed.payload.clone(),
             tags: p.sealed.tags.clone(),
             grants: p.sealed.grants.clone(),

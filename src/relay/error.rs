@@ -63,6 +63,15 @@ pub enum ErrorKind {
     Serialization,
     /// The payload codec (sealing) refused a payload.
     Codec,
+    /// A delivered message or reply failed its end-to-end checks (altered,
+    /// replayed, forged, or sealed to someone else) and was rejected.
+    Tampered,
+    /// A reply stream stopped before its final reply (a frame was dropped
+    /// on the way).
+    Truncated,
+    /// End-to-end sealing found no service that may receive the name under
+    /// the trusted policy and has a verified receive key.
+    NoReceivers,
     /// A message name is empty or malformed.
     InvalidName,
     /// An I/O error without a more specific classification.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::codec::ReplySealing;
 use super::error::{BoxError, Error};
 use super::header::uuid_of;
 use super::options::MessageOptions;
@@ -194,6 +195,9 @@ pub struct Responder {
     pub(crate) shared: Arc<Shared>,
     pub(crate) command: Arc<RoutingHeader>,
     pub(crate) next_seq: u64,
+    /// Seals this command's replies (end-to-end sealing), when the codec
+    /// handed one out with the command.
+    pub(crate) sealer: Option<Arc<Mutex<Box<dyn ReplySealing>>>>,
 }
 
 impl Responder {
@@ -280,6 +284,7 @@ impl Responder {
             stream_seq: seq,
             stream_final: last,
             replies: None,
+            reply_sealer: self.sealer.as_deref(),
         };
         self.shared.submit(outbound).await.map(|_| ())
     }
@@ -302,6 +307,7 @@ impl Responder {
             stream_seq: 0,
             stream_final: false,
             replies: None,
+            reply_sealer: None,
         };
         self.shared.submit_guarded(outbound).await.map(|_| ())
     }

@@ -45,7 +45,9 @@ mod error;
 mod handler;
 mod header;
 mod options;
+mod rejections;
 mod request;
+mod sealing;
 mod shared;
 
 #[cfg(test)]
@@ -60,11 +62,15 @@ use uuid::Uuid;
 
 pub use breaker::BreakerConfig;
 pub use builder::RelayBuilder;
-pub use codec::{CodecError, Outgoing, PayloadCodec, Plain, SEAL_PLAIN, SealedPayload};
+pub use codec::{
+    CodecError, Opened, PayloadCodec, Plain, ReplyOpening, ReplySealing, SEAL_PLAIN, Sealed, SealedPayload,
+};
 pub use error::{BoxError, Error, ErrorKind};
 pub use handler::{Incoming, Responder};
 pub use options::MessageOptions;
+pub use rejections::Rejections;
 pub use request::{Replies, Reply};
+pub use sealing::E2eOptions;
 
 use crate::shutdown::ShutdownTrigger;
 use crate::tls::IdentityDir;
@@ -219,6 +225,7 @@ impl Relay {
             stream_seq: 0,
             stream_final: false,
             replies: Some(sink),
+            reply_sealer: None,
         };
         let submitted = shared.submit(outbound).await;
         if submitted.is_err() {
@@ -268,6 +275,13 @@ impl Relay {
         self.inner.shared.state.borrow().info.as_ref().map(|i| i.service.clone())
     }
 
+    /// Messages, replies and key announcements refused by end-to-end checks,
+    /// by reason (`bad_tag`, `replay`, `bad_announcement`, …). Every refusal
+    /// is also logged at `warn`; nothing refused reaches a handler.
+    pub fn rejections(&self) -> &Rejections {
+        &self.inner.shared.rejections
+    }
+
     /// Whether the connection to the router is up right now.
     pub fn is_connected(&self) -> bool {
         self.inner.shared.state.borrow().connected
@@ -303,6 +317,7 @@ impl Relay {
             stream_seq: 0,
             stream_final: false,
             replies: None,
+            reply_sealer: None,
         };
         let submitted = self.inner.shared.submit_guarded(outbound).await?;
         Ok(Sent { id: submitted.id, receivers: submitted.receivers })

@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Sleep;
 use uuid::Uuid;
 
+use super::codec::ReplyOpening;
 use super::dedup::MessageId;
 use super::error::{Error, ErrorKind};
 use super::shared::Shared;
@@ -102,7 +103,9 @@ impl Reply {
 /// Where the connection task puts the replies to one request.
 #[derive(Debug)]
 pub(crate) struct ReplySink {
-    pub(crate) tx: mpsc::Sender<Reply>,
+    pub(crate) tx: mpsc::Sender<Result<Reply, Error>>,
+    /// Opens this request's replies (end-to-end sealing), set when sealed.
+    pub(crate) opener: Option<Box<dyn ReplyOpening>>,
     /// Set when a reply had to be dropped because the buffer was full.
     pub(crate) overflowed: Arc<AtomicBool>,
 }
@@ -110,7 +113,7 @@ pub(crate) struct ReplySink {
 /// The reading end of a request's reply buffer.
 #[derive(Debug)]
 pub(crate) struct ReplyReceiver {
-    rx: mpsc::Receiver<Reply>,
+    rx: mpsc::Receiver<Result<Reply, Error>>,
     overflowed: Arc<AtomicBool>,
 }
 
@@ -119,7 +122,7 @@ pub(crate) struct ReplyReceiver {
 pub(crate) fn reply_channel(capacity: usize) -> (ReplySink, ReplyReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let overflowed = Arc::new(AtomicBool::new(false));
-    (ReplySink { tx, overflowed: Arc::clone(&overflowed) }, ReplyReceiver { rx, overflowed })
+    (ReplySink { tx, opener: None, overflowed: Arc::clone(&overflowed) }, ReplyReceiver { rx, overflowed })
 }
 
 /// The replies to one request, in arrival order.
@@ -131,7 +134,7 @@ pub(crate) fn reply_channel(capacity: usize) -> (ReplySink, ReplyReceiver) {
 /// reply. Dropping it abandons the request.
 #[derive(Debug)]
 pub struct Replies {
-    rx: mpsc::Receiver<Reply>,
+    rx: mpsc::Receiver<Result<Reply, Error>>,
     overflowed: Arc<AtomicBool>,
     shared: Arc<Shared>,
     command: MessageId,
@@ -226,7 +229,8 @@ impl Stream for Replies {
             return Poll::Ready(None);
         }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(reply)) => {
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err))),
+            Poll::Ready(Some(Ok(reply))) => {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.sleep.as_mut().reset(deadline);
                 if reply.stream_final {
@@ -257,11 +261,26 @@ impl Stream for Replies {
         }
         match this.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
+                let cut = this
+                    .shared
+                    .lock_replies()
+                    .get(&this.command)
+                    .and_then(|sink| sink.opener.as_ref().map(|o| o.finish()));
                 this.finish(false);
-                let err = Error::new(
-                    ErrorKind::Timeout,
-                    format!("no reply to {} within {:?}", this.name, this.idle),
-                );
+                let err = match cut {
+                    Some(Err(cut)) => {
+                        this.shared.rejections.count(cut.label());
+                        Error::with_source(
+                            ErrorKind::Truncated,
+                            format!("replies to {} stopped without a final reply: {cut}", this.name),
+                            cut,
+                        )
+                    }
+                    _ => Error::new(
+                        ErrorKind::Timeout,
+                        format!("no reply to {} within {:?}", this.name, this.idle),
+                    ),
+                };
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Pending => Poll::Pending,

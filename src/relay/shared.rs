@@ -14,14 +14,20 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::breaker::Breakers;
-use super::codec::{Outgoing, PayloadCodec, SealedPayload};
+use super::codec::{CodecError, PayloadCodec, ReplySealing, SealedPayload};
 use super::dedup::MessageId;
 use super::error::{Error, ErrorKind};
 use super::header::{self, HeaderParams, SenderInfo};
 use super::options::{MessageOptions, Settings};
+use super::rejections::Rejections;
 use super::request::ReplySink;
-use crate::wire::frame::{LENGTH_PREFIX, encode_header};
-use crate::wire::{Kind, RoutingHeader};
+use crate::wire::frame::LENGTH_PREFIX;
+use crate::wire::{Body, Kind, RoutingHeader};
+
+/// How long a send waits for a key directory the codec asked for.
+const KEY_WAIT: Duration = Duration::from_secs(2);
+/// Pause between key queries while a send waits for keys.
+const KEY_RETRY: Duration = Duration::from_millis(100);
 
 /// What the router told us at the last `Welcome`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +55,9 @@ pub(crate) struct SessionState {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Send a message; answer `done` with the receiver count or the refusal.
-    Send { header: Bytes, sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>> },
+    Send { sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>> },
+    /// Send one frame (a key query) on the current connection, if any.
+    Frame(Body),
     /// A handler finished with the delivery `tag` of connection `generation`.
     Handled { generation: u64, tag: u64, id: MessageId, success: bool },
 }
@@ -68,6 +76,8 @@ pub(crate) struct Outbound<'a> {
     /// For requests: where replies go, registered before the send so no
     /// early reply is missed.
     pub(crate) replies: Option<ReplySink>,
+    /// For replies: the sealer the codec handed out with the command.
+    pub(crate) reply_sealer: Option<&'a Mutex<Box<dyn ReplySealing>>>,
 }
 
 /// A message the router accepted.
@@ -82,6 +92,7 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) instance: String,
     pub(crate) codec: Arc<dyn PayloadCodec>,
+    pub(crate) rejections: Rejections,
     pub(crate) breakers: Breakers,
     pub(crate) requests: Arc<Semaphore>,
     pub(crate) pending_replies: Mutex<HashMap<MessageId, ReplySink>>,
@@ -134,36 +145,60 @@ impl Shared {
             stream_final: out.stream_final,
         };
         let sender = SenderInfo { identity: &info.identity, instance: &self.instance };
-        let mut header = header::build(&params, &sender, id, now_ms());
-        let reply_to = if out.kind == Kind::Reply { out.cause } else { None };
-        self.codec.prepare(&mut header, reply_to).map_err(codec_error)?;
-        let header_bytes = encode_header(&header);
-        let outgoing = Outgoing { header: &header, header_bytes: &header_bytes, command: reply_to };
-        let sealed = self.codec.seal(outgoing, out.payload).map_err(codec_error)?;
-        check_size(&header_bytes, &sealed, info.max_frame)?;
+        let header = header::build(&params, &sender, id, now_ms());
+        let (sealed, opener) = if out.kind == Kind::Reply {
+            let sealed = match out.reply_sealer {
+                Some(sealer) => sealer.lock().unwrap_or_else(|p| p.into_inner()).seal(header, out.payload),
+                None => self.codec.seal_reply(header, out.payload),
+            };
+            (sealed.map_err(codec_error)?, None)
+        } else {
+            self.await_keys(&header, deadline).await;
+            let sealed = self.codec.seal(header, out.payload).map_err(codec_error)?;
+            (sealed.message, sealed.replies)
+        };
+        check_size(&sealed, info.max_frame)?;
 
         let registered = out.replies.is_some();
-        if let Some(sink) = out.replies {
+        if let Some(mut sink) = out.replies {
+            sink.opener = opener;
             self.lock_replies().insert(*id.as_bytes(), sink);
         }
-        let result = self.send_and_wait(out.name, header_bytes, sealed, deadline, timeout).await;
+        let result = self.send_and_wait(out.name, sealed, deadline, timeout).await;
         if result.is_err() && registered {
             self.unregister_replies(id.as_bytes());
         }
         result.map(|receivers| Submitted { id, receivers })
     }
 
+    /// When the codec lacks a verified key for a service that may receive
+    /// the message, asks the router for its key directory and waits
+    /// (briefly) for the answer; then the codec seals with what it has.
+    async fn await_keys(&self, header: &RoutingHeader, deadline: Instant) {
+        let Some(mut updates) = self.codec.key_updates() else { return };
+        let until = deadline.min(Instant::now() + KEY_WAIT);
+        while let Some(query) = self.codec.missing_keys(header) {
+            updates.borrow_and_update();
+            if self.commands.send(Command::Frame(Body::KeyQuery(query))).await.is_err() {
+                return;
+            }
+            if tokio::time::timeout_at(until, updates.changed()).await.is_err() || Instant::now() >= until {
+                return;
+            }
+            // The receiver may be announcing right now: ask again shortly.
+            tokio::time::sleep(KEY_RETRY).await;
+        }
+    }
+
     async fn send_and_wait(
         &self,
         name: &str,
-        header: Bytes,
         sealed: SealedPayload,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<u32, Error> {
         let (done, accepted) = oneshot::channel();
-        let queued =
-            tokio::time::timeout_at(deadline, self.commands.send(Command::Send { header, sealed, done }));
+        let queued = tokio::time::timeout_at(deadline, self.commands.send(Command::Send { sealed, done }));
         match queued.await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(closed()),
@@ -241,11 +276,11 @@ fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-fn check_size(header: &Bytes, sealed: &SealedPayload, max_frame: usize) -> Result<(), Error> {
+fn check_size(sealed: &SealedPayload, max_frame: usize) -> Result<(), Error> {
     let blobs: usize =
         sealed.tags.iter().chain(&sealed.grants).map(|b| b.data.len() + b.service.len() + 8).sum();
     // Protobuf framing adds a few bytes per field; 64 covers it generously.
-    let estimate = LENGTH_PREFIX + header.len() + sealed.payload.len() + blobs + 64;
+    let estimate = LENGTH_PREFIX + sealed.header.len() + sealed.payload.len() + blobs + 64;
     if estimate > max_frame {
         return Err(Error::new(
             ErrorKind::TooLarge,
@@ -257,8 +292,14 @@ fn check_size(header: &Bytes, sealed: &SealedPayload, max_frame: usize) -> Resul
     Ok(())
 }
 
-fn codec_error(err: super::codec::CodecError) -> Error {
-    Error::with_source(ErrorKind::Codec, err.to_string(), err)
+pub(crate) fn codec_error(err: CodecError) -> Error {
+    let kind = match err {
+        CodecError::Rejected { .. } => ErrorKind::Tampered,
+        CodecError::Truncated(_) => ErrorKind::Truncated,
+        CodecError::NoReceivers(_) => ErrorKind::NoReceivers,
+        CodecError::Unsupported { .. } | CodecError::Seal(_) => ErrorKind::Codec,
+    };
+    Error::with_source(kind, err.to_string(), err)
 }
 
 fn closed() -> Error {
@@ -311,7 +352,7 @@ mod tests {
     #[test]
     fn oversized_messages_are_refused_locally() {
         let sealed = SealedPayload { payload: Bytes::from(vec![0u8; 2000]), ..Default::default() };
-        assert_eq!(check_size(&Bytes::new(), &sealed, 1024).unwrap_err().kind(), ErrorKind::TooLarge);
-        assert!(check_size(&Bytes::new(), &sealed, 4096).is_ok());
+        assert_eq!(check_size(&sealed, 1024).unwrap_err().kind(), ErrorKind::TooLarge);
+        assert!(check_size(&sealed, 4096).is_ok());
     }
 }

@@ -186,7 +186,7 @@ struct Conn {
     prefetch: u32,
     inflight: HashMap<u64, Inflight>,
     /// Epochs whose grant this connection has been sent.
-    grants_sent: HashSet<Bytes>,
+    grants_sent: HashSet<GrantKey>,
     connected_ms: u64,
 }
 
@@ -209,12 +209,16 @@ struct ServiceState {
     partitions: HashMap<Arc<str>, ConnId>,
     /// End-to-end grants by epoch, to hand to instances with their first
     /// delivery of that epoch. Bounded: oldest epochs are dropped first.
-    grants: HashMap<Bytes, Bytes>,
-    grant_order: VecDeque<Bytes>,
+    grants: HashMap<GrantKey, Bytes>,
+    grant_order: VecDeque<GrantKey>,
     next_seq: u64,
 }
 
 const MAX_GRANTS_PER_SERVICE: usize = 4096;
+/// A sender epoch, scoped by the authenticated sender identity: epoch ids are
+/// chosen by senders, so one sender must not be able to overwrite (and so
+/// make unreadable) the grant of another's epoch.
+type GrantKey = (Arc<str>, Bytes);
 /// How far into a queue one dispatch pass looks for a message an instance can take.
 const SCAN_LIMIT: usize = 1024;
 
@@ -638,10 +642,10 @@ impl Core {
             q.attempts += 1;
             let tag = self.next_tag;
             self.next_tag += 1;
-            let grant = match q.msg.header_epoch() {
-                Some(epoch) if !conn.grants_sent.contains(&epoch) => match state.grants.get(&epoch) {
+            let grant = match grant_key(&q.msg) {
+                Some(key) if !conn.grants_sent.contains(&key) => match state.grants.get(&key) {
                     Some(g) => {
-                        conn.grants_sent.insert(epoch);
+                        conn.grants_sent.insert(key);
                         g.clone()
                     }
                     None => Bytes::new(),
@@ -816,15 +820,19 @@ fn pick(state: &mut ServiceState, conns: &HashMap<ConnId, Conn>, msg: &Message) 
 }
 
 fn remember_grant(state: &mut ServiceState, msg: &Message, grant: Bytes) {
-    let Some(epoch) = msg.header_epoch() else { return };
-    if state.grants.insert(epoch.clone(), grant).is_none() {
-        state.grant_order.push_back(epoch);
+    let Some(key) = grant_key(msg) else { return };
+    if state.grants.insert(key.clone(), grant).is_none() {
+        state.grant_order.push_back(key);
         while state.grant_order.len() > MAX_GRANTS_PER_SERVICE {
             if let Some(old) = state.grant_order.pop_front() {
                 state.grants.remove(&old);
             }
         }
     }
+}
+
+fn grant_key(msg: &Message) -> Option<GrantKey> {
+    msg.header_epoch().map(|epoch| (msg.sender.identity.clone(), epoch))
 }
 
 fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: Bytes) -> Frame {

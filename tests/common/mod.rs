@@ -2,13 +2,15 @@
 //! a policy generated for each test, real TLS, the real relay.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use exocom::audit::{self, AuditConfig};
 use exocom::policy::Policy;
-use exocom::relay::{Relay, RelayBuilder};
+use exocom::relay::{E2eOptions, Relay, RelayBuilder};
 use exocom::router::{Router, RouterConfig};
 use exocom::shutdown::{self, ShutdownTrigger};
 use exocom::tls::{self, IdentityDir, ServerFiles};
@@ -97,6 +99,10 @@ impl TestBus {
         let certs = dir.path().join("certs");
         let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
         exocom::certs::init(&certs, "example.org", &services, 30).unwrap();
+        for service in SERVICES {
+            // End-to-end receive keys, as `exocom certs init` writes them.
+            exocom::e2e::ReceiveKey::generate().unwrap().save(&certs.join(service), false).unwrap();
+        }
         Self::start_in(dir, opts, None).await
     }
 
@@ -121,7 +127,6 @@ impl TestBus {
         if let Some(max) = opts.max_frame {
             config.limits.max_frame = max;
         }
-        assert!(!opts.data_dir, "durable store: not wired in this harness yet");
         if opts.admin {
             config.admin = Some(exocom::admin::AdminConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -178,6 +183,27 @@ impl TestBus {
             .request_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(5))
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+    }
+
+    /// The policy file the router runs with (relays trust it too).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    /// A relay builder for `service` at `addr` that seals end to end with
+    /// the router's policy.
+    pub fn sealed_at(&self, service: &str, addr: SocketAddr) -> RelayBuilder {
+        let identity = self.identity(service);
+        Relay::builder(addr.to_string(), identity.clone())
+            .request_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .end_to_end(E2eOptions::new(&identity, self.policy_path()))
+    }
+
+    /// [`sealed_at`](Self::sealed_at) the router itself.
+    pub fn sealed(&self, service: &str) -> RelayBuilder {
+        self.sealed_at(service, self.addr)
     }
 
     pub async fn relay(&self, service: &str) -> Relay {

@@ -58,6 +58,9 @@ struct Cli {
     /// Seconds to wait after writing the pid file (for a profiler to attach).
     #[arg(long, default_value_t = 0)]
     attach_wait: u64,
+    /// Run our router without its audit log (to measure what the log costs).
+    #[arg(long)]
+    no_audit: bool,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +70,9 @@ enum Serve {
         /// The benchmark directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Without the audit log.
+        #[arg(long)]
+        no_audit: bool,
     },
     /// Runs the bare forwarder (child process of a benchmark).
     ServeForwarder {
@@ -82,7 +88,7 @@ fn main() {
     let result = rt.context("starting the runtime").and_then(|rt| {
         rt.block_on(async {
             match &cli.serve {
-                Some(Serve::ServeRouter { dir }) => serve::router(dir).await,
+                Some(Serve::ServeRouter { dir, no_audit }) => serve::router(dir, !no_audit).await,
                 Some(Serve::ServeForwarder { dir }) => serve::forwarder(dir).await,
                 None => run(&cli).await,
             }
@@ -107,7 +113,11 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
     let want = |s: &str| cli.systems.iter().any(|x| x == s);
     let exe = std::env::current_exe()?;
     let dir_s = dir.display().to_string();
-    let router = setup::Server::spawn(&exe, &["serve-router", "--dir", &dir_s])?;
+    let mut router_args = vec!["serve-router", "--dir", &dir_s];
+    if cli.no_audit {
+        router_args.push("--no-audit");
+    }
+    let router = setup::Server::spawn(&exe, &router_args)?;
     if let Some(f) = &cli.router_pid_file {
         std::fs::write(f, router.pid().to_string())?;
         tokio::time::sleep(Duration::from_secs(cli.attach_wait)).await;

@@ -22,15 +22,18 @@ fn server_tls(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     Ok(tls::server_config(&files)?)
 }
 
-/// Our router with the benchmark policy and the audit log in `dir`.
-pub async fn router(dir: &Path) -> Result<()> {
+/// Our router with the benchmark policy and (unless `audit` is false) the
+/// audit log in `dir`.
+pub async fn router(dir: &Path, audit: bool) -> Result<()> {
     let policy = Policy::from_file(&dir.join("policy.toml")).context("benchmark policy")?;
     let (_trigger, shutdown) = exocom::shutdown::channel();
-    let mut audit_cfg = AuditConfig::new(dir.join(format!("audit-{}.jsonl", std::process::id())));
-    audit_cfg.signing_key = Some(dir.join("certs").join("audit").join("key.pem"));
-    let (audit, _audit_task) = audit::start(audit_cfg, shutdown.clone())?;
     let mut config = RouterConfig::new("127.0.0.1:0".parse()?, server_tls(dir)?, policy);
-    config.audit = audit;
+    if audit {
+        let mut audit_cfg = AuditConfig::new(dir.join(format!("audit-{}.jsonl", std::process::id())));
+        audit_cfg.signing_key = Some(dir.join("certs").join("audit").join("key.pem"));
+        let (handle, _audit_task) = audit::start(audit_cfg, shutdown.clone())?;
+        config.audit = handle;
+    }
     let router = Router::bind(config).await?;
     println!("LISTENING {}", router.local_addr()?);
     router.run(shutdown).await?;

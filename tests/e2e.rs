@@ -1,0 +1,255 @@
+//! End-to-end sealing through the real router: requests, streams, events to
+//! several services, a backlog opened by a service that connects later, and
+//! the marker test (the router never handles a plaintext).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::proxy::{Dir, Proxy, pass};
+use common::{BusOptions, TestBus};
+use exocom::relay::{ErrorKind, Incoming, Responder};
+use exocom::wire::Body;
+use tokio::sync::mpsc;
+
+type Seen = mpsc::UnboundedSender<(String, serde_json::Value)>;
+
+/// A handler that forwards (service, payload) to the test.
+fn forward(
+    service: &'static str,
+    tx: Seen,
+) -> impl Fn(Incoming, Responder) -> std::future::Ready<Result<(), exocom::relay::Error>> + Clone {
+    move |msg: Incoming, _r: Responder| {
+        let _ = tx.send((service.to_string(), msg.json().unwrap()));
+        std::future::ready(Ok(()))
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(String, serde_json::Value)>) -> (String, serde_json::Value) {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("timed out").unwrap()
+}
+
+#[tokio::test]
+async fn sealed_request_and_reply() {
+    let bus = TestBus::start().await;
+    let todo = bus
+        .sealed("todo")
+        .handle("todos.list", [], |msg: Incoming, r: Responder| async move {
+            let who: String = msg.json()?;
+            r.reply("todos.listing", &vec![format!("for {who}"), "b".into()]).await
+        })
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.sealed("web").connect().await.unwrap();
+    let reply = web.request_one("todos.list", &"web").await.unwrap();
+    assert_eq!(reply.json::<Vec<String>>().unwrap(), vec!["for web".to_string(), "b".into()]);
+    assert_eq!(reply.sender(), "todo");
+    assert_eq!(web.rejections().total() + todo.rejections().total(), 0);
+}
+
+#[tokio::test]
+async fn sealed_streams_arrive_in_order_and_end() {
+    let bus = TestBus::start().await;
+    let _todo = bus
+        .sealed("todo")
+        .handle("todos.export", [], |_msg: Incoming, mut r: Responder| async move {
+            for i in 0..3 {
+                r.stream("todos.chunk", &i).await?;
+            }
+            r.end("todos.exported", &"done").await
+        })
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.sealed("web").connect().await.unwrap();
+    let replies = web.request("todos.export", &()).await.unwrap().collect().await.unwrap();
+    let got: Vec<(String, u64, bool)> =
+        replies.iter().map(|r| (r.name().to_string(), r.stream_seq(), r.is_final())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("todos.chunk".into(), 0, false),
+            ("todos.chunk".into(), 1, false),
+            ("todos.chunk".into(), 2, false),
+            ("todos.exported".into(), 3, true)
+        ]
+    );
+    assert_eq!(replies[2].json::<u32>().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_sealed_event_reaches_both_services_the_policy_names() {
+    let bus = TestBus::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _todo =
+        bus.sealed("todo").handle("user.created", [], forward("todo", tx.clone())).connect().await.unwrap();
+    let _mailer =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    let web = bus.sealed("web").connect().await.unwrap();
+    let sent = web.publish("user.created", &serde_json::json!({"user": "ada"})).await.unwrap();
+    assert_eq!(sent.receivers, 2);
+    let mut got = [next(&mut rx).await, next(&mut rx).await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[0], ("mailer".into(), serde_json::json!({"user": "ada"})));
+    assert_eq!(got[1], ("todo".into(), serde_json::json!({"user": "ada"})));
+}
+
+#[tokio::test]
+async fn a_service_that_connects_later_opens_its_backlog() {
+    let bus = TestBus::start().await;
+    // mailer announces its key once, then goes away.
+    let first = bus.sealed("mailer").connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.close().await;
+
+    let web = bus.sealed("web").connect().await.unwrap();
+    for i in 0..3 {
+        web.publish("user.created", &serde_json::json!({"n": i})).await.unwrap();
+    }
+    // A new mailer process: new instance, empty caches; grants come from the queue.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let later =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    for i in 0..3 {
+        assert_eq!(next(&mut rx).await.1, serde_json::json!({"n": i}));
+    }
+    assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
+}
+
+#[tokio::test]
+async fn without_a_verified_key_nothing_is_sent() {
+    let bus = TestBus::start().await;
+    // todo never connected, so it never announced a receive key.
+    let web = bus.sealed("web").connect().await.unwrap();
+    let err = web.send("todos.create", &"x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoReceivers, "{err}");
+    assert!(err.message().contains("todo"), "{err}");
+}
+
+#[tokio::test]
+async fn a_plain_relay_cannot_read_sealed_messages_and_a_sealed_one_refuses_plain() {
+    let bus = TestBus::start().await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&handled);
+    let todo = bus
+        .sealed("todo")
+        .handle("todos.create", [], move |_m: Incoming, _r: Responder| {
+            h.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<(), exocom::relay::Error>(()))
+        })
+        .connect()
+        .await
+        .unwrap();
+    // A downgrade: a plain message to a relay that expects sealed ones.
+    let plain_web = bus.relay("web").await;
+    plain_web.send("todos.create", &"plain").await.unwrap();
+    wait_for(|| todo.rejections().get("not_sealed") == 1).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+}
+
+/// The marker test: payloads with a unique marker are read by their
+/// receivers, while the marker is in no frame the router handles (recorded
+/// by pass-through proxies in front of both relays, both directions), and
+/// not in the audit log and not in the durable store's files.
+#[tokio::test]
+async fn the_router_never_handles_a_plaintext() {
+    let bus = TestBus::start_with(BusOptions { data_dir: true, ..Default::default() }).await;
+    let marker = format!("MARKER-{}", uuid::Uuid::new_v4());
+    let web_proxy = Proxy::start(&bus, "web", pass()).await;
+    let todo_proxy = Proxy::start(&bus, "todo", pass()).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tx2 = tx.clone();
+    let _todo = bus
+        .sealed_at("todo", todo_proxy.addr)
+        .handle("todos.list", [], move |msg: Incoming, r: Responder| {
+            let tx = tx2.clone();
+            async move {
+                let text: String = msg.json()?;
+                let _ = tx.send(("todo".to_string(), serde_json::json!(text)));
+                r.reply("todos.listing", &format!("{text} back")).await
+            }
+        })
+        .handle("user.created", [], forward("todo", tx))
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.sealed_at("web", web_proxy.addr).connect().await.unwrap();
+
+    let reply = web.request_one("todos.list", &marker).await.unwrap();
+    assert_eq!(reply.json::<String>().unwrap(), format!("{marker} back"));
+    assert_eq!(next(&mut rx).await.1, serde_json::json!(marker));
+    web.publish("user.created", &serde_json::json!({"secret": marker})).await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!({"secret": marker}));
+
+    let needle = marker.as_bytes();
+    let mut frames = 0;
+    let mut sends = 0;
+    for proxy in [&web_proxy, &todo_proxy] {
+        for (dir, bytes) in proxy.seen.lock().unwrap().iter() {
+            frames += 1;
+            assert!(!contains(bytes, needle), "marker in a frame {dir:?}");
+        }
+        sends += proxy.sent(Dir::ToRouter).iter().filter(|f| matches!(f.body, Some(Body::Send(_)))).count();
+    }
+    assert!(frames >= 8 && sends >= 3, "the proxies saw the traffic ({frames} frames, {sends} sends)");
+    bus.wait_audit(|v| v["event"] == "deliver" && v["name"] == "user.created").await;
+    let audit = std::fs::read(&bus.audit_path).unwrap();
+    assert!(!audit.is_empty());
+    assert!(!contains(&audit, needle), "marker in the audit log");
+    let mut files = vec![bus.dir.path().join("data")];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            checked += bytes.len();
+            assert!(!contains(&bytes, needle), "marker in store file {}", path.display());
+        }
+    }
+    assert!(checked > 0, "the store wrote files");
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn wait_for(f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn after_a_router_restart_new_messages_carry_new_grants() {
+    let bus = TestBus::start().await;
+    let addr = bus.addr;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = bus
+        .sealed("mailer")
+        .handle("user.created", [], forward("mailer", tx.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.sealed("web").connect().await.unwrap();
+    web.publish("user.created", &1).await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!(1));
+    first.close().await;
+
+    // The router restarts and forgets the grants it held in memory.
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir, BusOptions::default(), Some(addr)).await;
+    wait_for(|| web.is_connected()).await;
+    let later =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    web.publish("user.created", &2).await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!(2));
+    assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
+}
