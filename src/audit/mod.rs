@@ -15,6 +15,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+mod json;
 pub mod query;
 pub mod record;
 pub mod report;

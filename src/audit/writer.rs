@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use super::chain::{self, ChainState};
 use super::checkpoint::Signer;
+use super::json;
 use super::record::{Event, LineOut, Record, WriterFields};
 use super::segment;
 use super::{AuditConfig, AuditError, FsyncPolicy};
@@ -365,6 +366,7 @@ struct Writer {
     pending_segment_start: Option<String>,
     failure: Option<Failure>,
     stats: WriterStats,
+    clock: Clock,
 }
 
 /// The last line of an existing file, as far as resuming needs it.
@@ -440,6 +442,7 @@ impl Writer {
             pending_segment_start,
             failure: None,
             stats: WriterStats::default(),
+            clock: Clock::default(),
         };
         let mut start = Record::new(Event::LogStart);
         if !notes.is_empty() {
@@ -474,22 +477,17 @@ impl Writer {
     /// Serializes one line into `buf` and advances `chain`.
     fn push(&self, buf: &mut Vec<u8>, chain: &mut ChainState, rec: &Record, fields: &WriterFields<'_>) {
         let start = buf.len();
-        let time = now_rfc3339();
+        let mut time = [0u8; TIME_LEN];
+        let time = self.clock.now(&mut time);
         let prev = chain::to_hex(&chain.head);
         let line = LineOut {
             seq: chain.seq + 1,
-            time: &time,
+            time,
             record: rec,
             writer: fields,
             prev: std::str::from_utf8(&prev).unwrap_or_default(),
         };
-        if let Err(err) = serde_json::to_writer(&mut *buf, &line) {
-            // Every field is a plain string, number or enum; this cannot happen,
-            // but a half-written line must never stay in the buffer.
-            tracing::error!(%err, "audit line did not serialize");
-            buf.truncate(start);
-            return;
-        }
+        json::write_line(buf, &line);
         chain.head = chain::seal(buf, start);
         chain.seq += 1;
         chain.since_checkpoint += 1;
@@ -778,6 +776,69 @@ pub(crate) fn format_time(t: time::OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_default()
 }
 
+/// Length of `2026-11-22T22:21:56.675954000Z`.
+const TIME_LEN: usize = 30;
+/// Length of its date and time up to the fraction, `2026-11-22T22:21:56.`.
+const PREFIX_LEN: usize = 20;
+
+/// Formats line times, reusing the formatted date and time of the current
+/// second: every line needs one, and full calendar formatting per line was a
+/// visible share of the writer's time.
+#[derive(Debug, Default)]
+struct Clock {
+    /// The second `prefix` was formatted for, if any.
+    cached: std::cell::Cell<Option<(u64, [u8; PREFIX_LEN])>>,
+}
+
+impl Clock {
+    /// Now as RFC 3339 UTC with nine fraction digits, written into `out`.
+    fn now<'a>(&self, out: &'a mut [u8; TIME_LEN]) -> &'a str {
+        let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+            return Self::slow(out, time::OffsetDateTime::now_utc());
+        };
+        let (secs, nanos) = (since.as_secs(), since.subsec_nanos());
+        let prefix = match self.cached.get() {
+            Some((s, prefix)) if s == secs => prefix,
+            _ => {
+                let Some(t) = i64::try_from(since.as_nanos())
+                    .ok()
+                    .and_then(|n| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).ok())
+                else {
+                    return Self::slow(out, time::OffsetDateTime::now_utc());
+                };
+                let full = format_time(t);
+                // Years past 9999 do not fit the fixed width: format those in full every time.
+                let Some(prefix) =
+                    full.as_bytes().get(..PREFIX_LEN).and_then(|p| <[u8; PREFIX_LEN]>::try_from(p).ok())
+                else {
+                    return Self::slow(out, t);
+                };
+                if full.len() != TIME_LEN {
+                    return Self::slow(out, t);
+                }
+                self.cached.set(Some((secs, prefix)));
+                prefix
+            }
+        };
+        out[..PREFIX_LEN].copy_from_slice(&prefix);
+        let mut n = nanos;
+        for digit in out[PREFIX_LEN..TIME_LEN - 1].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out[TIME_LEN - 1] = b'Z';
+        std::str::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Full formatting, for times the cache does not cover.
+    fn slow(out: &mut [u8; TIME_LEN], t: time::OffsetDateTime) -> &str {
+        let full = format_time(t);
+        let n = full.len().min(TIME_LEN);
+        out[..n].copy_from_slice(&full.as_bytes()[..n]);
+        std::str::from_utf8(&out[..n]).unwrap_or_default()
+    }
+}
+
 /// Runs `job` on the blocking pool; gives the writer back (None if the pool lost it).
 async fn write_blocking(mut writer: Writer, job: Job) -> Option<(Writer, std::io::Result<()>, Job)> {
     tokio::task::spawn_blocking(move || {
@@ -898,6 +959,24 @@ mod tests {
     fn times_have_nanoseconds_and_utc() {
         let t = time::macros::datetime!(2026-11-22 10:00:01.5 UTC);
         assert_eq!(format_time(t), "2026-11-22T10:00:01.500000000Z");
+    }
+
+    #[test]
+    fn cached_clock_formats_as_the_full_formatter_does() {
+        let clock = Clock::default();
+        for _ in 0..3 {
+            let mut buf = [0u8; TIME_LEN];
+            let before = time::OffsetDateTime::now_utc();
+            let ours = clock.now(&mut buf).to_owned();
+            let after = time::OffsetDateTime::now_utc();
+            assert_eq!(ours.len(), TIME_LEN, "{ours}");
+            // Same text as the full formatter, and between two readings of the clock.
+            let parsed =
+                time::OffsetDateTime::parse(&ours, &time::format_description::well_known::Rfc3339).unwrap();
+            assert_eq!(format_time(parsed), ours);
+            assert!(before <= parsed && parsed <= after, "{before} {ours} {after}");
+        }
+        assert!(clock.cached.get().is_some());
     }
 
     #[tokio::test]
