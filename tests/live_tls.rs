@@ -151,3 +151,32 @@ async fn the_serve_command_reloads_a_crl_on_sighup() {
     assert!(closed_within(&mut web, 5).await, "the revoked service stayed connected after SIGHUP");
     assert!(!closed_within(&mut todo, 1).await, "an unrevoked service was disconnected");
 }
+
+#[tokio::test]
+async fn a_frame_dribbled_byte_by_byte_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let bus = TestBus::start_with(BusOptions {
+        configure: Some(Box::new(|cfg| cfg.limits.frame_timeout = Duration::from_millis(500))),
+        ..Default::default()
+    })
+    .await;
+    let stream = raw_tls(bus.addr, &bus.identity("web")).await.unwrap();
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(rd, 1 << 20);
+    let hello = Hello { protocol: PROTOCOL_VERSION, instance: "slow".into(), client: "test".into() };
+    wr.write_all(&frame::to_bytes(&Frame { body: Some(Body::Hello(hello)) })).await.unwrap();
+    read_until(&mut reader, |b| matches!(b, Body::Welcome(_))).await;
+    let ping = frame::to_bytes(&Frame { body: Some(Body::Ping(Ping { nonce: 1 })) });
+    // A slowloris: one byte every 300 ms, never a whole frame in time.
+    let dribble = tokio::spawn(async move {
+        for b in ping.iter().cycle().take(40) {
+            if wr.write_all(&[*b]).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    assert!(closed_within(&mut reader, 10).await, "a dribbled frame kept the connection open");
+    bus.wait_audit(|v| v["event"] == "disconnect" && v["reason"] == "frame not completed in time").await;
+    dribble.abort();
+}

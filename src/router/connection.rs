@@ -288,7 +288,9 @@ async fn run(
     let in_flight = Arc::new(Semaphore::new(shared.limits.max_in_flight.max(1)));
     let idle = shared.limits.idle_timeout.max(Duration::from_millis(100));
     let mut last_read = Instant::now();
-    let mut idle_check = tokio::time::interval(idle / 2);
+    let frame_timeout = shared.limits.frame_timeout.max(Duration::from_millis(100));
+    let mut partial_since: Option<Instant> = None;
+    let mut idle_check = tokio::time::interval((idle / 2).min(frame_timeout / 2));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut decisions = SendCache::default();
     let reason = loop {
@@ -306,6 +308,13 @@ async fn run(
                 }
             }
             _ = idle_check.tick() => {
+                // A frame started but not finished: fine for a while, not forever.
+                match (reader.has_partial_frame(), partial_since) {
+                    (false, _) => partial_since = None,
+                    (true, None) => partial_since = Some(Instant::now()),
+                    (true, Some(since)) if since.elapsed() >= frame_timeout => break "frame not completed in time",
+                    (true, Some(_)) => {}
+                }
                 let silent = last_read.elapsed();
                 if silent >= idle * 2 {
                     break "idle";
@@ -318,6 +327,7 @@ async fn run(
             frame = reader.read_frame() => match frame {
                 Ok(Some(frame)) => {
                     last_read = Instant::now();
+                    partial_since = None;
                     if let Err(why) = handle_frame(frame, &sender, shared, &out_tx, &in_flight, &mut decisions).await {
                         break why;
                     }

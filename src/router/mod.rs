@@ -90,6 +90,9 @@ pub struct RouterLimits {
     pub max_connections_per_identity: usize,
     /// A connection silent this long is pinged; silent for twice as long, closed.
     pub idle_timeout: Duration,
+    /// Time allowed to complete a frame once its first bytes arrived: a peer
+    /// dribbling a frame byte by byte (slowloris) is closed after it.
+    pub frame_timeout: Duration,
     /// Sends of one connection accepted by the router but not yet answered;
     /// past it the router stops reading that connection until answers go out.
     pub max_in_flight: usize,
@@ -109,6 +112,7 @@ impl Default for RouterLimits {
             core_queue: 8192,
             max_connections_per_identity: 256,
             idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(30),
             max_in_flight: 4096,
             max_subscriptions: 1024,
         }

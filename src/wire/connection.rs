@@ -59,6 +59,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         matches!(frame::check(&self.buf, self.max_frame), Ok(frame::Check::Ready(_)) | Err(_))
     }
 
+    /// Whether part of a frame is buffered, waiting for the rest.
+    pub fn has_partial_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The wrapped reader.
     pub fn get_ref(&self) -> &R {
         &self.inner
