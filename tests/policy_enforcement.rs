@@ -48,6 +48,31 @@ async fn size_and_rate_limits_are_refused_and_audited() {
     bus.wait_audit(|v| v["event"] == "deny" && v["reason"] == "rate_limited").await;
 }
 
+/// `exocom serve` on a policy file the test rewrites, with an audit log.
+struct Reloadable {
+    _dir: tempfile::TempDir,
+    certs: std::path::PathBuf,
+    policy: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    /// The policy in force at start: web sends todos.create, todo receives it.
+    both: String,
+    router: ServeProcess,
+}
+
+impl Reloadable {
+    async fn start() -> Reloadable {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        exocom::certs::init(&certs, "example.org", &["web".into(), "todo".into()], 30).unwrap();
+        let policy = dir.path().join("policy.toml");
+        let audit = dir.path().join("audit.jsonl");
+        let both = LIMITED.replace("limits = { rate = 5, burst = 5, max_size = \"1KiB\" }", "");
+        std::fs::write(&policy, &both).unwrap();
+        let router = ServeProcess::start(&certs, &policy, &["--audit-log".as_ref(), audit.as_os_str()]).await;
+        Reloadable { _dir: dir, certs, policy, audit, both, router }
+    }
+}
+
 fn relay(addr: std::net::SocketAddr, certs: &std::path::Path, svc: &str) -> exocom::relay::RelayBuilder {
     Relay::builder(addr.to_string(), exocom::tls::IdentityDir::new(certs.join(svc)))
         .request_timeout(Duration::from_secs(5))
@@ -56,14 +81,7 @@ fn relay(addr: std::net::SocketAddr, certs: &std::path::Path, svc: &str) -> exoc
 
 #[tokio::test]
 async fn a_reload_swaps_the_policy_and_an_invalid_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    exocom::certs::init(&certs, "example.org", &["web".into(), "todo".into()], 30).unwrap();
-    let policy = dir.path().join("policy.toml");
-    let audit = dir.path().join("audit.jsonl");
-    let both = LIMITED.replace("limits = { rate = 5, burst = 5, max_size = \"1KiB\" }", "");
-    std::fs::write(&policy, &both).unwrap();
-    let router = ServeProcess::start(&certs, &policy, &["--audit-log".as_ref(), audit.as_os_str()]).await;
+    let Reloadable { _dir, certs, policy, audit, both, router } = Reloadable::start().await;
 
     let web = relay(router.addr, &certs, "web").connect().await.unwrap();
     web.send("todos.create", &json!({})).await.unwrap();
@@ -99,14 +117,7 @@ async fn a_reload_swaps_the_policy_and_an_invalid_one_is_refused() {
 
 #[tokio::test]
 async fn queued_messages_a_service_may_no_longer_receive_are_not_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    exocom::certs::init(&certs, "example.org", &["web".into(), "todo".into()], 30).unwrap();
-    let policy = dir.path().join("policy.toml");
-    let audit = dir.path().join("audit.jsonl");
-    let both = LIMITED.replace("limits = { rate = 5, burst = 5, max_size = \"1KiB\" }", "");
-    std::fs::write(&policy, &both).unwrap();
-    let router = ServeProcess::start(&certs, &policy, &["--audit-log".as_ref(), audit.as_os_str()]).await;
+    let Reloadable { _dir, certs, policy, audit, both, router } = Reloadable::start().await;
     let web = relay(router.addr, &certs, "web").connect().await.unwrap();
     web.send("todos.create", &json!({ "queued": true })).await.unwrap();
 
