@@ -279,3 +279,49 @@ async fn a_sealed_backlog_survives_a_router_restart() {
     }
     assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
 }
+
+#[tokio::test]
+async fn a_service_the_senders_policy_drops_cannot_read_later_messages() {
+    let bus = TestBus::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _todo =
+        bus.sealed("todo").handle("user.created", [], forward("todo", tx.clone())).connect().await.unwrap();
+    let mailer =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    let web_id = bus.identity("web");
+    let mut opts = exocom::relay::E2eOptions::new(&web_id, bus.policy_path());
+    opts.key_refresh = Duration::from_millis(200);
+    let web = bus.builder("web").end_to_end(opts).connect().await.unwrap();
+    web.publish("user.created", &1).await.unwrap();
+    let mut first = vec![next(&mut rx).await.0, next(&mut rx).await.0];
+    first.sort();
+    assert_eq!(first, vec!["mailer", "todo"]);
+
+    // The security team drops mailer from user.created. Only the sender's
+    // trusted policy changes here (the router still routes to mailer), which
+    // is exactly the case of a router that does not follow the policy.
+    let text = std::fs::read_to_string(bus.policy_path()).unwrap();
+    let mailer_rules =
+        "[services.mailer]\nid = \"spiffe://example.org/svc/mailer\"\nreceive = [\"user.created\"]";
+    assert!(text.contains(mailer_rules), "test policy changed shape");
+    let dropped = text.replace(
+        mailer_rules,
+        "[services.mailer]\nid = \"spiffe://example.org/svc/mailer\"\nreceive = [\"other.event\"]",
+    );
+    std::fs::write(bus.policy_path(), dropped).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    web.publish("user.created", &2).await.unwrap();
+    assert_eq!(next(&mut rx).await, ("todo".to_string(), serde_json::json!(2)));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.is_err(),
+        "a service the sender's policy dropped still read a later message"
+    );
+    for _ in 0..50 {
+        if mailer.rejections().total() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mailer did not report the message it could not open");
+}

@@ -15,9 +15,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -58,7 +59,8 @@ pub struct E2eOptions {
     pub policy_pubkeys: Vec<PathBuf>,
     /// The CA bundle announcements and grants must chain to.
     pub ca: PathBuf,
-    /// How often to refresh the key directory (and re-announce when due).
+    /// How often to refresh the key directory (and re-announce when due);
+    /// also how often the trusted policy file is checked for a new version.
     pub key_refresh: Duration,
 }
 
@@ -86,7 +88,12 @@ impl E2eOptions {
 pub(crate) struct E2e {
     my_id: String,
     instance: String,
-    policy: Policy,
+    /// The trusted policy; replaced when its file (or signature) changes and
+    /// the new one loads and verifies, so a receiver the policy drops gets no
+    /// grant for the next epoch.
+    policy: ArcSwap<Policy>,
+    options: E2eOptions,
+    policy_stamp: Mutex<Vec<Option<SystemTime>>>,
     announcer: SigningIdentity,
     receive_key: ReceiveKey,
     anchors: TrustAnchors,
@@ -152,7 +159,9 @@ impl E2e {
             opener: Mutex::new(opener),
             anchors: anchors().map_err(|e| config("CA", &e))?,
             my_id,
-            policy,
+            policy_stamp: Mutex::new(policy_stamp(opts)),
+            policy: ArcSwap::from_pointee(policy),
+            options: opts.clone(),
             announcer,
             receive_key,
             keys: Mutex::new(KeyBook::default()),
@@ -179,7 +188,12 @@ impl E2e {
 
     /// The services the trusted policy lets receive the message.
     fn policy_receivers(&self, header: &RoutingHeader) -> Vec<String> {
-        self.policy.receivers(&header.name, header.version.max(1)).iter().map(|s| s.to_string()).collect()
+        self.policy
+            .load()
+            .receivers(&header.name, header.version.max(1))
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn usable_keys(&self, now: u64) -> Vec<VerifiedAnnouncement> {
@@ -210,7 +224,7 @@ impl PayloadCodec for E2e {
         }
         let command_id = header.id.clone();
         let prepared = lock(&self.sealer)
-            .prepare(header, &receivers, self.policy.serial(), now)
+            .prepare(header, &receivers, self.policy.load().serial(), now)
             .map_err(|e| CodecError::Seal(e.to_string()))?;
         // The AEAD runs outside the lock.
         let sealed = prepared.seal(&payload).map_err(|e| CodecError::Seal(e.to_string()))?;
@@ -228,7 +242,8 @@ impl PayloadCodec for E2e {
 
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
         let opened = lock(&self.opener).open(deliver, now_ms()).map_err(rejected)?;
-        let allowed = self.policy.check_send(&opened.sender_service, &header.name, header.version.max(1));
+        let allowed =
+            self.policy.load().check_send(&opened.sender_service, &header.name, header.version.max(1));
         if !allowed.allowed {
             return Err(rejected(OpenError::Unauthorized {
                 sender: opened.sender_service,
@@ -267,6 +282,7 @@ impl PayloadCodec for E2e {
     }
 
     fn refresh_frames(&self, _instance: &str) -> Vec<Body> {
+        self.reload_policy_if_changed();
         let mut frames = Vec::new();
         if now_ms().saturating_sub(*lock(&self.announced_ms)) >= REANNOUNCE_AFTER_MS {
             frames.extend(self.announcement());
@@ -387,6 +403,37 @@ impl ReplyOpening for SealedReplies {
 
 fn rejected(err: OpenError) -> CodecError {
     CodecError::Rejected { label: err.label(), message: err.to_string() }
+}
+
+impl E2e {
+    /// Re-reads the trusted policy when its file or signature changed. A file
+    /// that does not load or verify, or whose serial is lower than the one in
+    /// force, leaves the policy in force.
+    fn reload_policy_if_changed(&self) {
+        let stamp = policy_stamp(&self.options);
+        let mut last = lock(&self.policy_stamp);
+        if *last == stamp {
+            return;
+        }
+        *last = stamp;
+        match load_policy(&self.options) {
+            Ok(p) if p.serial() >= self.policy.load().serial() => {
+                tracing::info!(sha256 = p.sha256_hex(), serial = p.serial(), "trusted policy reloaded");
+                self.policy.store(Arc::new(p));
+            }
+            Ok(p) => tracing::warn!(serial = p.serial(), "trusted policy file has a lower serial; ignored"),
+            Err(err) => tracing::warn!(%err, "trusted policy file refused; the previous one stays in force"),
+        }
+    }
+}
+
+/// Modification times of the policy file and its signature.
+fn policy_stamp(opts: &E2eOptions) -> Vec<Option<SystemTime>> {
+    let sig = crate::policy::sign::signature_path(&opts.policy);
+    [opts.policy.as_path(), sig.as_path()]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// The trusted policy: signed by one of the configured keys when any are
