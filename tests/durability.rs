@@ -517,3 +517,69 @@ async fn dead_letters_are_kept_and_can_be_replayed() {
     eventually("the replayed message", || !got.lock().unwrap().is_empty()).await;
     assert_eq!(*got.lock().unwrap(), vec![(sent.id.to_string(), 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+    exocom::certs::init(&dir.path().join("certs"), "example.org", &services, 30).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let addr = free_port();
+    let router = RouterProcess::start(dir.path(), addr);
+
+    // A receiver that keeps consuming, and a sender that keeps sending.
+    let got: Log<u64> = Arc::default();
+    let g = got.clone();
+    let path = dir.path().to_path_buf();
+    let _todo = connect_when_up(move || {
+        let g = g.clone();
+        relay_for(&path, addr, "todo").handle("todos.create", [1], move |msg, _| {
+            let g = g.clone();
+            async move {
+                let v: serde_json::Value = msg.json()?;
+                g.lock().unwrap().push(v["n"].as_u64().unwrap_or(u64::MAX));
+                Ok::<(), exocom::relay::Error>(())
+            }
+        })
+    })
+    .await;
+    let web = connect_when_up(|| {
+        relay_for(dir.path(), addr, "web").circuit_breaker(1_000_000, Duration::from_secs(1))
+    })
+    .await;
+    let acked: Log<u64> = Arc::default();
+    let a = acked.clone();
+    let sender = tokio::spawn(async move {
+        for n in 0..100_000u64 {
+            if web.send("todos.create", &json!({ "n": n })).await.is_ok() {
+                a.lock().unwrap().push(n);
+            }
+        }
+    });
+    // Kill the router in the middle of the traffic.
+    eventually("traffic flowing", || acked.lock().unwrap().len() >= 300).await;
+    router.kill();
+    let _router = RouterProcess::start(dir.path(), addr);
+    eventually("traffic flowing again after the restart", || {
+        let n = acked.lock().unwrap().len();
+        n >= 600
+    })
+    .await;
+    sender.abort();
+    let acked: std::collections::BTreeSet<u64> = acked.lock().unwrap().iter().copied().collect();
+    let mut missing = Vec::new();
+    for _ in 0..200 {
+        let seen: std::collections::BTreeSet<u64> = got.lock().unwrap().iter().copied().collect();
+        missing = acked.difference(&seen).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost across kill -9, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
