@@ -118,9 +118,13 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(dir: &Path) -> Option<Tmpfs> {
+        Self::mount_sized(dir, "256k")
+    }
+
+    fn mount_sized(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
@@ -193,4 +197,53 @@ async fn a_full_audit_disk_refuses_sends_and_recovers_by_itself() {
     assert!(resumed, "the router did not resume after the disk was freed");
     let lines = read_audit(&path);
     assert!(lines.iter().any(|v| v["event"] == "audit_gap"), "recovery writes an audit_gap record");
+}
+
+#[tokio::test]
+async fn a_full_store_disk_refuses_sends_and_recovers_by_itself() {
+    let mnt = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount_sized(mnt.path(), "8m") else {
+        eprintln!("note: cannot mount a tmpfs here (not root?); skipping the disk-full test");
+        return;
+    };
+    let data = tmpfs.0.join("data");
+    let bus = TestBus::start_with(BusOptions {
+        configure: Some(Box::new(move |cfg| {
+            cfg.store = std::sync::Arc::new(exocom::store::Store::open(&data).unwrap());
+        })),
+        ..Default::default()
+    })
+    .await;
+    let web = bus.builder("web").circuit_breaker(1_000_000, Duration::from_secs(1)).connect().await.unwrap();
+    web.send("todos.create", &json!({})).await.unwrap();
+
+    let filler = tmpfs.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refused = false;
+    for _ in 0..400 {
+        match web.send("todos.create", &json!({ "pad": "x".repeat(4000) })).await {
+            Err(e) if e.kind() == ErrorKind::StoreUnavailable => {
+                refused = true;
+                break;
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    assert!(refused, "sends were acknowledged while the store could not write");
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for _ in 0..100 {
+        if web.send("todos.create", &json!({})).await.is_ok() {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the store did not recover after the disk was freed");
 }
