@@ -247,3 +247,37 @@ async fn a_full_store_disk_refuses_sends_and_recovers_by_itself() {
     }
     assert!(resumed, "the store did not recover after the disk was freed");
 }
+
+#[tokio::test]
+async fn limits_come_from_the_settings_file() {
+    use exocom::wire::{Body, ErrorCode, Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(&config, "[limits]\nmax_connections_per_identity = 1\nidle_timeout_secs = 30\n").unwrap();
+    let router = ServeProcess::start(&certs, &policy, &["--config".as_ref(), config.as_os_str()]).await;
+    let web = exocom::tls::IdentityDir::new(certs.join("web"));
+    let _first = raw_hello(router.addr, &web).await;
+    let stream = raw_tls(router.addr, &web).await.unwrap();
+    let (rd, wr) = tokio::io::split(stream);
+    let (mut reader, mut writer) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+    let hello = Hello { protocol: PROTOCOL_VERSION, instance: "second".into(), client: "test".into() };
+    let _ = writer.write_frame(&Frame { body: Some(Body::Hello(hello)) }).await;
+    match read_until(&mut reader, |b| matches!(b, Body::Error(_))).await {
+        Body::Error(e) => assert_eq!(e.code, ErrorCode::LimitExceeded as i32, "{}", e.message),
+        _ => unreachable!(),
+    }
+
+    // An unknown key is refused before anything is bound.
+    std::fs::write(&config, "[limits]\nmax_conections = 1\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_exocom")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_conections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -140,6 +140,79 @@ struct FileSettings {
     admin_metrics_public: bool,
     alert_denials_per_minute: Option<u32>,
     alert_handshake_failures_per_minute: Option<u32>,
+    #[serde(default)]
+    limits: LimitSettings,
+}
+
+/// The `[limits]` table of the settings file: resource limits, each with a
+/// default (see `RouterLimits` and `CoreConfig`; docs/OPERATIONS.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Most connections at once, handshakes included (10000).
+    pub max_connections: Option<usize>,
+    /// Most connections of one identity (256).
+    pub max_connections_per_identity: Option<usize>,
+    /// Seconds allowed for the TLS handshake (5).
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds of silence before a ping; twice that closes (60).
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds to complete a frame once it started (30).
+    pub frame_timeout_secs: Option<u64>,
+    /// Unanswered sends per connection before the router stops reading it (4096).
+    pub max_in_flight: Option<usize>,
+    /// Subscriptions per instance (1024).
+    pub max_subscriptions: Option<usize>,
+    /// Messages waiting per service queue (100000).
+    pub queue_max_messages: Option<usize>,
+    /// Bytes waiting per service queue (268435456).
+    pub queue_max_bytes: Option<u64>,
+    /// Seconds a delivery may stay unacknowledged before redelivery (60).
+    pub ack_timeout_secs: Option<u64>,
+    /// Deliveries of one message before it is dead-lettered (5).
+    pub max_attempts: Option<u32>,
+}
+
+impl LimitSettings {
+    /// Applies the limits that are set to a router configuration.
+    pub fn apply(&self, config: &mut RouterConfig) {
+        let secs = std::time::Duration::from_secs;
+        let l = &mut config.limits;
+        if let Some(v) = self.max_connections {
+            l.max_connections = v;
+        }
+        if let Some(v) = self.max_connections_per_identity {
+            l.max_connections_per_identity = v;
+        }
+        if let Some(v) = self.handshake_timeout_secs {
+            l.handshake_timeout = secs(v);
+        }
+        if let Some(v) = self.idle_timeout_secs {
+            l.idle_timeout = secs(v);
+        }
+        if let Some(v) = self.frame_timeout_secs {
+            l.frame_timeout = secs(v);
+        }
+        if let Some(v) = self.max_in_flight {
+            l.max_in_flight = v;
+        }
+        if let Some(v) = self.max_subscriptions {
+            l.max_subscriptions = v;
+        }
+        let c = &mut config.core;
+        if let Some(v) = self.queue_max_messages {
+            c.queue_max_messages = v;
+        }
+        if let Some(v) = self.queue_max_bytes {
+            c.queue_max_bytes = v;
+        }
+        if let Some(v) = self.ack_timeout_secs {
+            c.ack_timeout = secs(v);
+        }
+        if let Some(v) = self.max_attempts {
+            c.max_attempts = v;
+        }
+    }
 }
 
 /// Admin API settings.
@@ -178,6 +251,8 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// Largest frame.
     pub max_frame: usize,
+    /// Resource limits from the settings file.
+    pub limits: LimitSettings,
     /// The admin API, when on.
     pub admin: Option<AdminSettings>,
     /// Traffic alert thresholds.
@@ -259,6 +334,7 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         audit_fail_open: args.audit_fail_open || file.audit_fail_open,
         data_dir: args.data_dir.or(file.data_dir),
         max_frame: args.max_frame.or(file.max_frame).unwrap_or(crate::wire::DEFAULT_MAX_FRAME),
+        limits: file.limits.clone(),
     })
 }
 
@@ -336,6 +412,7 @@ async fn serve(
 ) -> anyhow::Result<i32> {
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut config = RouterConfig::new(settings.listen, tls, policy);
+    settings.limits.apply(&mut config);
     config.limits.max_frame = settings.max_frame;
     config.admin = admin;
     config.alerts = settings.alerts;
