@@ -132,6 +132,40 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// Fills the filesystem; returns the filler file to remove later.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+/// Sends padded messages until one is refused with `kind` (or `tries` run out).
+async fn refused_with(web: &exocom::relay::Relay, kind: ErrorKind, pad: usize, tries: usize) -> bool {
+    for _ in 0..tries {
+        match web.send("todos.create", &json!({ "pad": "x".repeat(pad) })).await {
+            Err(e) if e.kind() == kind => return true,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    false
+}
+
+/// Whether sends succeed again within 10 s.
+async fn resumes(web: &exocom::relay::Relay) -> bool {
+    for _ in 0..100 {
+        if web.send("todos.create", &json!({})).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: the audit writer of the test may still hold its file open.
@@ -164,37 +198,13 @@ async fn a_full_audit_disk_refuses_sends_and_recovers_by_itself() {
     let web = bus.builder("web").circuit_breaker(1000, Duration::from_secs(1)).connect().await.unwrap();
     web.send("todos.create", &json!({})).await.unwrap();
 
-    // Fill the disk.
-    let filler = tmpfs.0.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&[0u8; 1024]).is_ok() {}
-        let _ = f.sync_all();
-    }
-    let mut refused = false;
-    for _ in 0..100 {
-        match web.send("todos.create", &json!({ "pad": "x".repeat(200) })).await {
-            Err(e) if e.kind() == ErrorKind::AuditUnavailable => {
-                refused = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let filler = tmpfs.fill();
+    let refused = refused_with(&web, ErrorKind::AuditUnavailable, 200, 100).await;
     assert!(refused, "sends were accepted while the audit log could not be written");
 
     // Free the disk: the router resumes by itself.
     std::fs::remove_file(&filler).unwrap();
-    let mut resumed = false;
-    for _ in 0..100 {
-        if web.send("todos.create", &json!({})).await.is_ok() {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(resumed, "the router did not resume after the disk was freed");
+    assert!(resumes(&web).await, "the router did not resume after the disk was freed");
     let lines = read_audit(&path);
     assert!(lines.iter().any(|v| v["event"] == "audit_gap"), "recovery writes an audit_gap record");
 }
@@ -217,35 +227,12 @@ async fn a_full_store_disk_refuses_sends_and_recovers_by_itself() {
     let web = bus.builder("web").circuit_breaker(1_000_000, Duration::from_secs(1)).connect().await.unwrap();
     web.send("todos.create", &json!({})).await.unwrap();
 
-    let filler = tmpfs.0.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        let _ = f.sync_all();
-    }
-    let mut refused = false;
-    for _ in 0..400 {
-        match web.send("todos.create", &json!({ "pad": "x".repeat(4000) })).await {
-            Err(e) if e.kind() == ErrorKind::StoreUnavailable => {
-                refused = true;
-                break;
-            }
-            Ok(_) | Err(_) => {}
-        }
-    }
+    let filler = tmpfs.fill();
+    let refused = refused_with(&web, ErrorKind::StoreUnavailable, 4000, 400).await;
     assert!(refused, "sends were acknowledged while the store could not write");
 
     std::fs::remove_file(&filler).unwrap();
-    let mut resumed = false;
-    for _ in 0..100 {
-        if web.send("todos.create", &json!({})).await.is_ok() {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(resumed, "the store did not recover after the disk was freed");
+    assert!(resumes(&web).await, "the store did not recover after the disk was freed");
 }
 
 #[tokio::test]
