@@ -93,6 +93,16 @@ fn relay_for(dir: &Path, addr: SocketAddr, service: &str) -> exocom::relay::Rela
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
 }
 
+/// A directory with certificates and the test policy for `RouterProcess`,
+/// and a free port for it.
+fn router_dir() -> (tempfile::TempDir, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+    exocom::certs::init(&dir.path().join("certs"), "example.org", &services, 30).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    (dir, free_port())
+}
+
 /// Connects once the router process listens.
 async fn connect_when_up(builder: impl Fn() -> exocom::relay::RelayBuilder) -> Relay {
     for _ in 0..200 {
@@ -107,11 +117,7 @@ async fn connect_when_up(builder: impl Fn() -> exocom::relay::RelayBuilder) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_router_loses_no_acknowledged_message() {
     const N: usize = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
-    exocom::certs::init(&dir.path().join("certs"), "example.org", &services, 30).unwrap();
-    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let addr = free_port();
+    let (dir, addr) = router_dir();
 
     let router = RouterProcess::start(dir.path(), addr);
     let web = connect_when_up(|| relay_for(dir.path(), addr, "web")).await;
@@ -520,11 +526,7 @@ async fn dead_letters_are_kept_and_can_be_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
-    exocom::certs::init(&dir.path().join("certs"), "example.org", &services, 30).unwrap();
-    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let addr = free_port();
+    let (dir, addr) = router_dir();
     let router = RouterProcess::start(dir.path(), addr);
 
     // A receiver that keeps consuming, and a sender that keeps sending.

@@ -56,16 +56,21 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError>
         .map_err(TlsError::Rustls)?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(cert_chain, key)
-        .map_err(|source| TlsError::KeyMismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
+        .map_err(|source| key_mismatch(files, source))?;
     // Every connection does a full handshake, so every connection has its
     // certificate verified against the current CA and CRLs.
+    no_resumption(&mut config);
+    Ok(Arc::new(config))
+}
+
+/// Turns off session resumption: every connection does a full handshake.
+fn no_resumption(config: &mut ServerConfig) {
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+}
+
+fn key_mismatch(files: &ServerFiles, source: rustls::Error) -> TlsError {
+    TlsError::KeyMismatch { cert: files.cert.clone(), key: files.key.clone(), source }
 }
 
 /// The admin API's TLS configuration: the router's own certificate, TLS 1.3,
@@ -81,13 +86,8 @@ pub fn admin_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, Tls
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
         .with_single_cert(cert_chain, key)
-        .map_err(|source| TlsError::KeyMismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+        .map_err(|source| key_mismatch(files, source))?;
+    no_resumption(&mut config);
     // Plain HTTP/1.1; announcing it lets ALPN-speaking clients agree on it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
