@@ -324,3 +324,28 @@ async fn a_dropped_final_reply_is_reported_as_truncation() {
     assert_eq!(err.kind(), ErrorKind::Truncated, "{err}");
     assert_eq!(web.rejections().get("truncated"), 1);
 }
+
+/// The router routes a command at once and confirms it (`Accepted`) once
+/// its audit line is written, so a reply can overtake the confirmation.
+/// `request_one` returns such a reply at once: here the confirmation never
+/// comes at all (the proxy drops it), and the reply still arrives, while a
+/// plain `send` still waits for its confirmation and times out.
+#[tokio::test]
+async fn request_one_returns_a_reply_that_overtakes_the_acceptance() {
+    let bus = TestBus::start().await;
+    let (_todo, _p, _h) = todo_behind(&bus, pass()).await;
+    let no_accepts: Tamper = Box::new(|dir, frame| match (dir, &frame.body) {
+        (Dir::ToRelay, Some(Body::Accepted(_))) => Vec::new(),
+        _ => vec![(dir, frame)],
+    });
+    let proxy = Proxy::start(&bus, "web", no_accepts).await;
+    let web =
+        bus.sealed_at("web", proxy.addr).request_timeout(Duration::from_secs(1)).connect().await.unwrap();
+    for _ in 0..3 {
+        let reply = web.request_one("todos.list", &()).await.unwrap();
+        assert_eq!(reply.name(), "todos.listing");
+        assert_eq!(reply.json::<Vec<String>>().unwrap(), ["a"]);
+    }
+    let err = web.send("todos.create", &"x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}

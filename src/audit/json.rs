@@ -110,6 +110,13 @@ fn int(out: &mut Vec<u8>, v: u64) {
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Almost every string needs no escape: check all bytes without branching
+    // (the compiler vectorizes this), then copy in one go.
+    if !bytes.iter().fold(false, |esc, &b| esc | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let named: &[u8] = match b {

@@ -202,8 +202,67 @@ impl Relay {
         payload: &T,
         opts: &MessageOptions,
     ) -> Result<Replies, Error> {
+        let (permit, sink, receiver) = self.begin_request(name)?;
+        let outbound = request_outbound(name, to_json(payload)?, opts, sink);
+        let submitted = self.inner.shared.submit(outbound).await;
+        self.replies_after(name, opts, submitted, receiver, permit)
+    }
+
+    /// Sends a request and returns its first reply (the rest are dropped).
+    /// No reply in time is [`ErrorKind::Timeout`]; a command no service
+    /// receives is [`ErrorKind::Timeout`] too, at once.
+    ///
+    /// A reply can arrive before the router's acceptance does (the router
+    /// routes a command at once and confirms it once its audit line is
+    /// written); a reply proves the router routed the command, so it is
+    /// returned at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(relay: exocom::relay::Relay) -> Result<(), exocom::relay::Error> {
+    /// let reply = relay.request_one("todos.list", &()).await?;
+    /// let todos: Vec<String> = reply.json()?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn request_one<T: Serialize + ?Sized>(&self, name: &str, payload: &T) -> Result<Reply, Error> {
         let shared = &self.inner.shared;
-        let payload = to_json(payload)?;
+        let opts = MessageOptions::new();
+        let (permit, sink, mut receiver) = self.begin_request(name)?;
+        let outbound = request_outbound(name, to_json(payload)?, &opts, sink);
+        let submit = shared.submit(outbound);
+        tokio::pin!(submit);
+        let early = tokio::select! {
+            biased;
+            submitted = &mut submit => {
+                let mut replies = self.replies_after(name, &opts, submitted, receiver, permit)?;
+                return first_reply(replies.next().await, name);
+            }
+            early = receiver.recv() => early,
+        };
+        match early {
+            Some(Ok(reply)) => {
+                shared.unregister_replies(reply.response_to.as_bytes());
+                shared.breakers.record(name, true);
+                drop(permit);
+                Ok(reply)
+            }
+            // An error or a closed buffer: let the acceptance settle, then
+            // report through the usual path (which also unregisters).
+            other => {
+                let mut replies = self.replies_after(name, &opts, submit.await, receiver, permit)?;
+                match other {
+                    Some(Err(err)) => Err(err),
+                    _ => first_reply(replies.next().await, name),
+                }
+            }
+        }
+    }
+
+    /// Checks the circuit and takes a slot for one outstanding request.
+    fn begin_request(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, request::ReplySink, request::ReplyReceiver), Error> {
+        let shared = &self.inner.shared;
         shared.check_breaker(name)?;
         let permit = Arc::clone(&shared.requests).try_acquire_owned().map_err(|_| {
             Error::new(
@@ -215,19 +274,19 @@ impl Relay {
             )
         })?;
         let (sink, receiver) = request::reply_channel(shared.settings.reply_buffer);
-        let outbound = Outbound {
-            kind: Kind::Command,
-            name,
-            payload,
-            opts,
-            expects_reply: true,
-            cause: None,
-            stream_seq: 0,
-            stream_final: false,
-            replies: Some(sink),
-            reply_sealer: None,
-        };
-        let submitted = shared.submit(outbound).await;
+        Ok((permit, sink, receiver))
+    }
+
+    /// The reply stream of a request once the router answered its send.
+    fn replies_after(
+        &self,
+        name: &str,
+        opts: &MessageOptions,
+        submitted: Result<shared::Submitted, Error>,
+        receiver: request::ReplyReceiver,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Replies, Error> {
+        let shared = &self.inner.shared;
         if submitted.is_err() {
             shared.record_outcome(name, &submitted);
         }
@@ -242,27 +301,6 @@ impl Relay {
             idle,
             permit,
         ))
-    }
-
-    /// Sends a request and returns its first reply (the rest are dropped).
-    /// No reply in time is [`ErrorKind::Timeout`]; a command no service
-    /// receives is [`ErrorKind::Timeout`] too, at once.
-    ///
-    /// ```no_run
-    /// # async fn demo(relay: exocom::relay::Relay) -> Result<(), exocom::relay::Error> {
-    /// let reply = relay.request_one("todos.list", &()).await?;
-    /// let todos: Vec<String> = reply.json()?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn request_one<T: Serialize + ?Sized>(&self, name: &str, payload: &T) -> Result<Reply, Error> {
-        let mut replies = self.request(name, payload).await?;
-        match replies.next().await {
-            Some(reply) => reply,
-            None => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no service received {name}, so no reply will come"),
-            )),
-        }
     }
 
     /// This process's instance id (stable across reconnects).
@@ -322,6 +360,34 @@ impl Relay {
         let submitted = self.inner.shared.submit_guarded(outbound).await?;
         Ok(Sent { id: submitted.id, receivers: submitted.receivers })
     }
+}
+
+/// The outbound form of a request whose replies go to `sink`.
+fn request_outbound<'a>(
+    name: &'a str,
+    payload: Bytes,
+    opts: &'a MessageOptions,
+    sink: request::ReplySink,
+) -> shared::Outbound<'a> {
+    shared::Outbound {
+        kind: Kind::Command,
+        name,
+        payload,
+        opts,
+        expects_reply: true,
+        cause: None,
+        stream_seq: 0,
+        stream_final: false,
+        replies: Some(sink),
+        reply_sealer: None,
+    }
+}
+
+/// The first item of a reply stream as `request_one`'s answer.
+fn first_reply(first: Option<Result<Reply, Error>>, name: &str) -> Result<Reply, Error> {
+    first.unwrap_or_else(|| {
+        Err(Error::new(ErrorKind::Timeout, format!("no service received {name}, so no reply will come")))
+    })
 }
 
 fn to_json<T: Serialize + ?Sized>(payload: &T) -> Result<Bytes, Error> {

@@ -117,6 +117,13 @@ pub(crate) struct ReplyReceiver {
     overflowed: Arc<AtomicBool>,
 }
 
+impl ReplyReceiver {
+    /// The next item the connection task put in the buffer.
+    pub(crate) async fn recv(&mut self) -> Option<Result<Reply, Error>> {
+        self.rx.recv().await
+    }
+}
+
 /// A reply buffer of `capacity` replies: the sink for the connection task,
 /// the receiver for [`Replies`].
 pub(crate) fn reply_channel(capacity: usize) -> (ReplySink, ReplyReceiver) {

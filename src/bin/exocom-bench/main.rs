@@ -61,6 +61,14 @@ struct Cli {
     /// Run our router without its audit log (to measure what the log costs).
     #[arg(long)]
     no_audit: bool,
+    /// Our relays send plaintext instead of sealing end to end (to measure
+    /// what sealing costs).
+    #[arg(long)]
+    no_seal: bool,
+    /// Sends each of our sending relays keeps in flight (each resolves when
+    /// the router has accepted it).
+    #[arg(long, default_value_t = ours::WINDOW)]
+    window: usize,
 }
 
 #[derive(Subcommand)]
@@ -124,12 +132,19 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
     }
     let forwarder = setup::Server::spawn(&exe, &["serve-forwarder", "--dir", &dir_s])?;
     let nats_server = if want("nats") { Some(nats::Nats::start(&cli.nats_server, dir).await?) } else { None };
-    let ours = ours::Ours { addr: router.addr, dir: dir.to_path_buf() };
+    let ours = ours::Ours {
+        addr: router.addr,
+        dir: dir.to_path_buf(),
+        seal: !cli.no_seal,
+        window: cli.window.max(1),
+    };
     let fwd = fwd::Forwarder { addr: forwarder.addr, dir: dir.to_path_buf() };
     println!(
-        "exocom-bench: scale {}, limit {} s per workload and system; router pid {}, forwarder pid {}{}",
+        "exocom-bench: scale {}, limit {} s per workload and system; audit {}, sealing {}; router pid {}, forwarder pid {}{}",
         plan.scale,
         plan.limit.as_secs(),
+        if cli.no_audit { "off" } else { "on" },
+        if cli.no_seal { "off" } else { "on" },
         router.pid(),
         forwarder.pid(),
         nats_server.as_ref().map(|n| format!(", nats-server pid {}", n.pid())).unwrap_or_default()

@@ -3,8 +3,11 @@
 //!
 //! `Relay::send` resolves when the router has accepted the message
 //! (policy-checked, audited, queued), so a sender that wants throughput keeps
-//! a window of sends in flight ([`WINDOW`]) instead of awaiting each one.
-//! Receivers ask for a credit of [`PREFETCH`] deliveries.
+//! a window of sends in flight (`--window`, default [`WINDOW`]) instead of
+//! awaiting each one.
+//! Receivers ask for a credit of [`PREFETCH`] deliveries. Unless the run
+//! says `--no-seal`, every relay seals end to end (the benchmark policy is
+//! each relay's trusted policy, the receive keys come from the certificates).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use exocom::relay::{Error, Incoming, Relay, Responder};
+use exocom::relay::{E2eOptions, Error, Incoming, Relay, Responder};
 use exocom::tls::IdentityDir;
 use futures_util::StreamExt;
 use futures_util::future::Either;
@@ -22,7 +25,7 @@ use crate::measure::{Counter, Outcome, Plan, json_text, spread};
 use crate::setup::cert_dir;
 
 /// Sends in flight per sending relay in the throughput workloads.
-pub const WINDOW: usize = 256;
+pub const WINDOW: usize = 1024;
 /// Credit each receiving relay asks for.
 pub const PREFETCH: u32 = 1024;
 
@@ -32,13 +35,19 @@ pub struct Ours {
     pub addr: SocketAddr,
     /// The benchmark directory.
     pub dir: PathBuf,
+    /// Whether the relays seal payloads end to end.
+    pub seal: bool,
+    /// Sends in flight per sending relay.
+    pub window: usize,
 }
 
 impl Ours {
     fn builder(&self, service: &str) -> exocom::relay::RelayBuilder {
-        Relay::builder(self.addr.to_string(), IdentityDir::new(cert_dir(&self.dir, service)))
+        let identity = IdentityDir::new(cert_dir(&self.dir, service));
+        let b = Relay::builder(self.addr.to_string(), identity.clone())
             .request_timeout(Duration::from_secs(30))
-            .prefetch(PREFETCH)
+            .prefetch(PREFETCH);
+        if self.seal { b.end_to_end(E2eOptions::new(&identity, self.dir.join("policy.toml"))) } else { b }
     }
 
     async fn sink(&self, service: &str, names: &[&str], counter: &Counter) -> Result<Relay> {
@@ -107,7 +116,7 @@ impl Ours {
         let n = plan.n(full);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, name, &json_text(len), n, WINDOW, deadline, false).await;
+        let errors = pump(&load, name, &json_text(len), n, self.window, deadline, false).await;
         let done = Counter::wait_all(std::slice::from_ref(&got), n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -126,7 +135,7 @@ impl Ours {
         let n = plan.n(250_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.fan", &json_text(256), n, WINDOW, deadline, true).await;
+        let errors = pump(&load, "bench.fan", &json_text(256), n, self.window, deadline, true).await;
         let done = Counter::wait_all(&counters, 4 * n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -187,7 +196,7 @@ impl Ours {
         let n = plan.n(1_000_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.work", &json_text(256), n, WINDOW, deadline, false).await;
+        let errors = pump(&load, "bench.work", &json_text(256), n, self.window, deadline, false).await;
         let done = Counter::wait_all(&counters, n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;

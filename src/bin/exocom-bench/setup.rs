@@ -57,12 +57,17 @@ pub fn spiffe(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/svc/{service}")
 }
 
-/// A fresh working directory with certificates and the policy.
+/// A fresh working directory with certificates, receive keys and the policy.
 pub fn prepare(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     exocom::certs::init(&dir.join("certs"), TRUST_DOMAIN, &services, 2)
         .context("generating benchmark certificates")?;
+    for service in SERVICES {
+        exocom::e2e::keys::ReceiveKey::generate()?
+            .save(&cert_dir(dir, service), false)
+            .with_context(|| format!("writing the receive key of {service}"))?;
+    }
     std::fs::write(dir.join("policy.toml"), POLICY)?;
     Ok(())
 }
