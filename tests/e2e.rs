@@ -129,6 +129,23 @@ async fn without_a_verified_key_nothing_is_sent() {
     assert!(err.message().contains("todo"), "{err}");
 }
 
+/// The sender works out who a name is sealed to once and keeps it while the
+/// policy and the keys stay the same: a key that arrives later must still
+/// be used by the next send.
+#[tokio::test]
+async fn a_key_that_arrives_after_a_refused_send_is_used_by_the_next_send() {
+    let bus = TestBus::start().await;
+    let web = bus.sealed("web").connect().await.unwrap();
+    let err = web.send("todos.create", &"early").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoReceivers, "{err}");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _todo = bus.sealed("todo").handle("todos.create", [], forward("todo", tx)).connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    web.send("todos.create", &"later").await.unwrap();
+    assert_eq!(next(&mut rx).await, ("todo".to_string(), serde_json::json!("later")));
+}
+
 #[tokio::test]
 async fn a_plain_relay_cannot_read_sealed_messages_and_a_sealed_one_refuses_plain() {
     let bus = TestBus::start().await;

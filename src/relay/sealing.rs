@@ -44,6 +44,8 @@ const REANNOUNCE_AFTER_MS: u64 = 12 * 3600 * 1000;
 const MISSING_KEY_QUERY_MS: u64 = 250;
 /// Refused announcements remembered (so junk is not verified again and again).
 const MAX_REFUSED: usize = 1024;
+/// Message names whose receiver plan is kept (see [`Plans`]).
+const MAX_PLANS: usize = 1024;
 
 /// What end-to-end sealing needs besides the relay's certificate and key.
 #[derive(Clone, Debug)]
@@ -100,10 +102,38 @@ pub(crate) struct E2e {
     sealer: Mutex<Sealer>,
     opener: Mutex<Opener>,
     keys: Mutex<KeyBook>,
+    /// Counts key directory answers: a new value means a new key book.
     updates: watch::Sender<u64>,
+    plans: Mutex<Plans>,
     announced_ms: Mutex<u64>,
     refresh: Duration,
     rejections: Rejections,
+}
+
+/// Who one message name and version is sealed to: the services the trusted
+/// policy lets receive it, and the verified key picked for each.
+struct Plan {
+    /// The policy's receivers.
+    wanted: Vec<String>,
+    /// One verified announcement per wanted service that has one.
+    receivers: Vec<VerifiedAnnouncement>,
+    /// Whether every wanted service has a verified key.
+    complete: bool,
+}
+
+/// Plans worked out so far. They hold while the trusted policy, the key
+/// book and every key's validity do; any change drops them all, so a
+/// policy reload or a new key directory takes effect on the next send.
+#[derive(Default)]
+struct Plans {
+    /// The policy they were made under (held, so its address cannot be
+    /// reused by a later policy while the plans refer to it).
+    policy: Option<Arc<Policy>>,
+    /// Key book generation (the `updates` counter) they were made under.
+    keys: u64,
+    /// The first moment a key they may use expires.
+    valid_until_ms: u64,
+    by_name: HashMap<String, Vec<(u32, Arc<Plan>)>>,
 }
 
 /// Announcements verified so far, and what is known to be bad.
@@ -166,6 +196,7 @@ impl E2e {
             receive_key,
             keys: Mutex::new(KeyBook::default()),
             updates: watch::channel(0).0,
+            plans: Mutex::new(Plans::default()),
             announced_ms: Mutex::new(0),
             refresh: opts.key_refresh,
             rejections: Rejections::default(),
@@ -186,45 +217,61 @@ impl E2e {
         }
     }
 
-    /// The services the trusted policy lets receive the message.
-    fn policy_receivers(&self, header: &RoutingHeader) -> Vec<String> {
-        self.policy
-            .load()
-            .receivers(&header.name, header.version.max(1))
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    fn usable_keys(&self, now: u64) -> Vec<VerifiedAnnouncement> {
-        lock(&self.keys).verified.values().filter(|a| now < a.not_after_ms).cloned().collect()
+    /// Who the message is sealed to, from the plans while they hold.
+    fn plan(&self, header: &RoutingHeader, now: u64) -> Arc<Plan> {
+        let policy = self.policy.load_full();
+        let keys_gen = *self.updates.borrow();
+        let version = header.version.max(1);
+        let mut plans = lock(&self.plans);
+        let names = plans.by_name.len();
+        let same_policy = plans.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy));
+        if !same_policy || plans.keys != keys_gen || now >= plans.valid_until_ms || names >= MAX_PLANS {
+            plans.by_name.clear();
+            plans.policy = Some(Arc::clone(&policy));
+            plans.keys = keys_gen;
+            plans.valid_until_ms =
+                lock(&self.keys).verified.values().map(|a| a.not_after_ms).min().unwrap_or(u64::MAX);
+        }
+        if let Some((_, plan)) =
+            plans.by_name.get(header.name.as_str()).and_then(|v| v.iter().find(|(v, _)| *v == version))
+        {
+            return Arc::clone(plan);
+        }
+        let wanted: Vec<String> =
+            policy.receivers(&header.name, version).iter().map(|s| s.to_string()).collect();
+        let usable: Vec<VerifiedAnnouncement> =
+            lock(&self.keys).verified.values().filter(|a| now < a.not_after_ms).cloned().collect();
+        let complete = wanted.iter().all(|s| usable.iter().any(|a| &a.service == s));
+        let receivers = select_receivers(&wanted, &usable);
+        let plan = Arc::new(Plan { wanted, receivers, complete });
+        plans.by_name.entry(header.name.clone()).or_default().push((version, Arc::clone(&plan)));
+        plan
     }
 }
 
 impl PayloadCodec for E2e {
     fn seal(&self, header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError> {
         let now = now_ms();
-        let wanted = self.policy_receivers(&header);
-        if wanted.is_empty() {
+        let plan = self.plan(&header, now);
+        if plan.wanted.is_empty() {
             return Err(CodecError::NoReceivers(format!(
                 "the trusted policy lets no service receive {}",
                 header.name
             )));
         }
-        let receivers = select_receivers(&wanted, &self.usable_keys(now));
-        if receivers.is_empty() {
+        if plan.receivers.is_empty() {
             return Err(CodecError::NoReceivers(format!(
                 "no service that may receive {} ({}) has a verified receive key",
                 header.name,
-                wanted.join(", ")
+                plan.wanted.join(", ")
             )));
         }
-        if receivers.len() < wanted.len() {
-            tracing::debug!(name = %header.name, sealed_to = receivers.len(), may_receive = wanted.len(), "some receiving services have no verified key; they cannot read this message");
+        if !plan.complete {
+            tracing::debug!(name = %header.name, sealed_to = plan.receivers.len(), may_receive = plan.wanted.len(), "some receiving services have no verified key; they cannot read this message");
         }
         let command_id = header.id.clone();
         let prepared = lock(&self.sealer)
-            .prepare(header, &receivers, self.policy.load().serial(), now)
+            .prepare(header, &plan.receivers, self.policy.load().serial(), now)
             .map_err(|e| CodecError::Seal(e.to_string()))?;
         // The AEAD runs outside the lock.
         let sealed = prepared.seal(&payload).map_err(|e| CodecError::Seal(e.to_string()))?;
@@ -331,15 +378,14 @@ impl PayloadCodec for E2e {
 
     fn missing_keys(&self, header: &RoutingHeader) -> Option<KeyQuery> {
         let now = now_ms();
-        let wanted = self.policy_receivers(header);
-        let have = self.usable_keys(now);
-        if wanted.iter().all(|s| have.iter().any(|a| &a.service == s)) {
+        let plan = self.plan(header, now);
+        if plan.complete {
             return None;
         }
         // With no key at all the send would fail: keep asking (the caller
         // bounds the wait). With some keys, ask at most every 250 ms, so a
         // policy service that never runs costs little.
-        let none = !wanted.iter().any(|s| have.iter().any(|a| &a.service == s));
+        let none = plan.receivers.is_empty();
         let mut book = lock(&self.keys);
         let outstanding = book.last_query_ms > book.answered_ms;
         if !none && !outstanding && now.saturating_sub(book.answered_ms) < MISSING_KEY_QUERY_MS {
