@@ -5,6 +5,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use super::idhash::IdHash;
+
 /// Bits in the window: sequence numbers this far below the highest
 /// processed one can still be told apart; older ones are refused.
 pub const WINDOW_BITS: u64 = 4096;
@@ -87,14 +89,14 @@ impl ReplayWindow {
 /// Bounded set of processed message ids (oldest forgotten first).
 #[derive(Debug)]
 pub(crate) struct Inbox {
-    ids: HashSet<[u8; 16]>,
+    ids: HashSet<[u8; 16], IdHash>,
     order: VecDeque<[u8; 16]>,
     capacity: usize,
 }
 
 impl Inbox {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { ids: HashSet::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        Self { ids: HashSet::with_hasher(IdHash::new()), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
     pub(crate) fn contains(&self, id: &[u8; 16]) -> bool {

@@ -8,10 +8,11 @@
 //! the network; the connection task owns it, so it needs no lock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::e2e::idhash::IdHash;
 
 /// A message id as it travels (16 bytes, a UUID).
 pub(crate) type MessageId = [u8; 16];
@@ -33,67 +34,6 @@ pub(crate) struct DedupWindow {
     handled: HashMap<MessageId, Instant, IdHash>,
     order: VecDeque<(MessageId, Instant)>,
     in_progress: HashSet<MessageId, IdHash>,
-}
-
-/// Hashes message ids for the window. Every delivery is looked up and
-/// inserted, and SipHash was a visible share of the relay's time; an id is
-/// 16 bytes, so two keyed multiply-folds do. The keys are random per window:
-/// ids are chosen by senders, and fixed keys would let one craft collisions.
-#[derive(Clone, Debug)]
-struct IdHash {
-    keys: [u64; 3],
-}
-
-impl IdHash {
-    fn new() -> Self {
-        IdHash { keys: rand::random() }
-    }
-}
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher { state: self.keys[0], keys: [self.keys[1], self.keys[2]], n: 0 }
-    }
-}
-
-/// The state of one [`IdHash`] hashing.
-#[derive(Debug)]
-struct IdHasher {
-    state: u64,
-    keys: [u64; 2],
-    n: usize,
-}
-
-impl IdHasher {
-    fn mix(&mut self, word: u64) {
-        let key = self.keys[self.n % 2] | 1;
-        let product = u128::from(self.state ^ word) * u128::from(key);
-        self.state = (product as u64) ^ ((product >> 64) as u64);
-        self.n += 1;
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
-    }
 }
 
 impl DedupWindow {
@@ -164,19 +104,6 @@ impl DedupWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn id_hash_depends_on_every_byte_and_on_the_key() {
-        let build = IdHash::new();
-        let base = build.hash_one(id(7));
-        for i in 0..16 {
-            let mut other = id(7);
-            other[i] ^= 1;
-            assert_ne!(build.hash_one(other), base, "byte {i}");
-        }
-        assert_eq!(build.hash_one(id(7)), base);
-        assert_ne!(IdHash::new().hash_one(id(7)), base);
-    }
 
     fn id(n: u8) -> MessageId {
         [n; 16]
