@@ -363,3 +363,31 @@ async fn relays_reconnect_and_resubscribe_after_a_router_restart() {
     assert!(ok, "relays did not reconnect and re-subscribe to the restarted router");
     drop(bus);
 }
+
+/// A payload sent with `send_bytes` / `publish_bytes` arrives byte for byte,
+/// not JSON-encoded (here bytes that are not JSON at all).
+#[tokio::test]
+async fn raw_payloads_arrive_byte_for_byte() {
+    let bus = TestBus::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tx2 = tx.clone();
+    let _todo = bus
+        .builder("todo")
+        .handle("todos.create", [], move |msg, _reply| {
+            let _ = tx.send(msg.payload().to_vec());
+            async { Ok::<(), exocom::relay::Error>(()) }
+        })
+        .handle("user.created", [], move |msg, _reply| {
+            let _ = tx2.send(msg.payload().to_vec());
+            async { Ok::<(), exocom::relay::Error>(()) }
+        })
+        .connect()
+        .await
+        .unwrap();
+    let web = bus.relay("web").await;
+    let binary: Vec<u8> = vec![0, 159, 146, 150, b'"', 255];
+    web.send_bytes("todos.create", binary.clone(), &MessageOptions::new()).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), binary);
+    web.publish_bytes("user.created", &b"plain text"[..], &MessageOptions::new()).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), b"plain text");
+}

@@ -173,6 +173,38 @@ impl Relay {
         self.one_way(Kind::Event, name, payload, opts).await
     }
 
+    /// Sends a command whose payload is `payload` exactly as given, not
+    /// JSON-encoded: for binary formats (protobuf, CBOR, files). The
+    /// receiving handler reads it with [`Incoming::payload`]. Otherwise
+    /// like [`send_with`](Self::send_with).
+    ///
+    /// ```no_run
+    /// # use exocom::relay::MessageOptions;
+    /// # async fn demo(relay: exocom::relay::Relay) -> Result<(), exocom::relay::Error> {
+    /// let report = std::fs::read("report.pdf")?;
+    /// relay.send_bytes("reports.store", report, &MessageOptions::new()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_bytes(
+        &self,
+        name: &str,
+        payload: impl Into<Bytes>,
+        opts: &MessageOptions,
+    ) -> Result<Sent, Error> {
+        self.one_way_bytes(Kind::Command, name, payload.into(), opts).await
+    }
+
+    /// Publishes an event whose payload is `payload` exactly as given (see
+    /// [`send_bytes`](Self::send_bytes)).
+    pub async fn publish_bytes(
+        &self,
+        name: &str,
+        payload: impl Into<Bytes>,
+        opts: &MessageOptions,
+    ) -> Result<Sent, Error> {
+        self.one_way_bytes(Kind::Event, name, payload.into(), opts).await
+    }
+
     /// Sends a command and returns its replies as a stream, once the router
     /// accepted it. The stream ends after each receiving service's final
     /// reply, and errors ([`ErrorKind::Timeout`]) when no reply comes within
@@ -344,7 +376,16 @@ impl Relay {
         payload: &T,
         opts: &MessageOptions,
     ) -> Result<Sent, Error> {
-        let payload = to_json(payload)?;
+        self.one_way_bytes(kind, name, to_json(payload)?, opts).await
+    }
+
+    async fn one_way_bytes(
+        &self,
+        kind: Kind,
+        name: &str,
+        payload: Bytes,
+        opts: &MessageOptions,
+    ) -> Result<Sent, Error> {
         let outbound = Outbound {
             kind,
             name,

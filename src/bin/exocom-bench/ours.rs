@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use exocom::relay::{E2eOptions, Error, Incoming, Relay, Responder};
+use bytes::Bytes;
+use exocom::relay::{E2eOptions, Error, Incoming, MessageOptions, Relay, Responder};
 use exocom::tls::IdentityDir;
 use futures_util::StreamExt;
 use futures_util::future::Either;
@@ -116,7 +117,7 @@ impl Ours {
         let n = plan.n(full);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, name, &json_text(len), n, self.window, deadline, false).await;
+        let errors = pump(&load, name, payload(len), n, self.window, deadline, false).await;
         let done = Counter::wait_all(std::slice::from_ref(&got), n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -135,7 +136,7 @@ impl Ours {
         let n = plan.n(250_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.fan", &json_text(256), n, self.window, deadline, true).await;
+        let errors = pump(&load, "bench.fan", payload(256), n, self.window, deadline, true).await;
         let done = Counter::wait_all(&counters, 4 * n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -196,7 +197,7 @@ impl Ours {
         let n = plan.n(1_000_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.work", &json_text(256), n, self.window, deadline, false).await;
+        let errors = pump(&load, "bench.work", payload(256), n, self.window, deadline, false).await;
         let done = Counter::wait_all(&counters, n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -209,25 +210,32 @@ impl Ours {
     }
 }
 
+/// The one-way payload: `len` bytes sent as they are, the bytes the NATS
+/// clients publish.
+fn payload(len: usize) -> Bytes {
+    Bytes::from(vec![b'x'; len])
+}
+
 /// Sends `n` messages keeping `window` in flight; returns a note on errors.
 async fn pump(
     relay: &Relay,
     name: &str,
-    text: &str,
+    payload: Bytes,
     n: u64,
     window: usize,
     deadline: Instant,
     event: bool,
 ) -> String {
+    let opts = MessageOptions::new();
     let mut inflight = FuturesUnordered::new();
     let (mut issued, mut errors) = (0u64, 0u64);
     let mut first: Option<String> = None;
     while issued < n || !inflight.is_empty() {
         while issued < n && inflight.len() < window {
             inflight.push(if event {
-                Either::Left(relay.publish(name, text))
+                Either::Left(relay.publish_bytes(name, payload.clone(), &opts))
             } else {
-                Either::Right(relay.send(name, text))
+                Either::Right(relay.send_bytes(name, payload.clone(), &opts))
             });
             issued += 1;
         }
