@@ -297,6 +297,37 @@ async fn a_sealed_backlog_survives_a_router_restart() {
     assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
 }
 
+/// The router keeps its key directory in memory: after a restart it
+/// lists only the services that have reconnected. A sender keeps the keys
+/// it verified before (until they expire), so what it sends meanwhile stays
+/// readable by a service that is offline.
+#[tokio::test]
+async fn a_sender_keeps_the_keys_it_verified_across_a_router_restart() {
+    let bus = TestBus::start_with(BusOptions { data_dir: true, ..Default::default() }).await;
+    let addr = bus.addr;
+    let first = bus.sealed("mailer").connect().await.unwrap();
+    first.close().await;
+    let web = bus.sealed("web").connect().await.unwrap();
+
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir, BusOptions { data_dir: true, ..Default::default() }, Some(addr)).await;
+    // web reconnects by itself; its new key directory lacks mailer.
+    for _ in 0..100 {
+        if web.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    web.publish("user.created", &serde_json::json!({"n": 1})).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let later =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    assert_eq!(next(&mut rx).await.1, serde_json::json!({"n": 1}));
+    assert_eq!(later.rejections().total(), 0, "{:?}", later.rejections().snapshot());
+}
+
 #[tokio::test]
 async fn a_service_the_senders_policy_drops_cannot_read_later_messages() {
     let bus = TestBus::start().await;

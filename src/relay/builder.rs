@@ -22,6 +22,9 @@ use super::{Inner, Relay};
 use crate::shutdown;
 use crate::tls::{self, IdentityDir};
 
+/// How long `connect` waits for the first key directory of a sealing relay.
+const FIRST_KEYS_WAIT: Duration = Duration::from_secs(2);
+
 /// Configures and connects a [`Relay`]. Made by [`Relay::builder`].
 ///
 /// ```no_run
@@ -214,7 +217,9 @@ impl RelayBuilder {
     }
 
     /// Loads the identity (cert.pem, key.pem, ca.pem), connects to the
-    /// router and subscribes the handlers.
+    /// router and subscribes the handlers. With end-to-end sealing it also
+    /// waits (up to 2 s) for the router's first key directory: by then our
+    /// receive key is published and we know every key announced before us.
     ///
     /// Fails with [`ErrorKind::Config`] when the identity cannot be loaded,
     /// and (unless [`retry_initial_connect`](Self::retry_initial_connect))
@@ -247,7 +252,19 @@ impl RelayBuilder {
                 .map_err(|e| Error::with_source(ErrorKind::Config, "loading end-to-end keys failed", e))??;
             this.codec = Arc::new(e2e);
         }
-        this.connect_with(connector).await
+        let waits = !this.settings.retry_initial_connect;
+        let mut keys = this.codec.key_updates().filter(|_| waits);
+        let relay = this.connect_with(connector).await?;
+        if let Some(keys) = &mut keys {
+            // The router handles one connection's frames in order, and we
+            // announce our key before asking for the directory: once its
+            // answer is here, a sender that asks finds our key, and we know
+            // the keys of everyone who announced before us. Without this, the
+            // first messages to a service that just started could be sealed
+            // before its sender learned its key, and it could not open them.
+            let _ = tokio::time::timeout(FIRST_KEYS_WAIT, keys.changed()).await;
+        }
+        Ok(relay)
     }
 
     /// Connects through any [`Connector`] (the seam tests use).

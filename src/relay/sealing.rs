@@ -44,6 +44,8 @@ const REANNOUNCE_AFTER_MS: u64 = 12 * 3600 * 1000;
 const MISSING_KEY_QUERY_MS: u64 = 250;
 /// Refused announcements remembered (so junk is not verified again and again).
 const MAX_REFUSED: usize = 1024;
+/// Verified announcements kept at most (expired ones are dropped first).
+const MAX_KEYS: usize = 4096;
 /// Message names whose receiver plan is kept (see [`Plans`]).
 const MAX_PLANS: usize = 1024;
 
@@ -369,7 +371,17 @@ impl PayloadCodec for E2e {
                 }
             }
         }
-        // We always ask for every service, so the answer replaces what we had.
+        // We always ask for every service, but an answer may lack a key we
+        // verified before: the router lost its directory in a restart and
+        // the service has not reconnected yet. A verified announcement stays
+        // usable until it expires (a newer one of the same service wins in
+        // `select_receivers`), so keep it: otherwise messages queued for an
+        // offline service would be sealed without it.
+        for (bytes, known) in book.verified.drain() {
+            if now < known.not_after_ms && verified.len() < MAX_KEYS {
+                verified.entry(bytes).or_insert(known);
+            }
+        }
         book.verified = verified;
         book.answered_ms = now.max(1);
         drop(book);

@@ -136,9 +136,15 @@ impl Ours {
         let n = plan.n(250_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.fan", payload(256), n, self.window, deadline, true).await;
+        let mut errors = pump(&load, "bench.fan", payload(256), n, self.window, deadline, true).await;
         let done = Counter::wait_all(&counters, 4 * n, deadline).await;
         let elapsed = start.elapsed();
+        if done < 4 * n {
+            let counts: Vec<u64> = counters.iter().map(Counter::get).collect();
+            let refused: Vec<String> =
+                sinks.iter().map(|s| format!("{:?}", s.rejections().snapshot())).collect();
+            errors.push_str(&format!("; per sink {counts:?}; refused by the sinks {refused:?}"));
+        }
         load.close().await;
         for s in sinks {
             s.close().await;
