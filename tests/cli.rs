@@ -94,3 +94,57 @@ async fn send_exit_codes_tell_failures_apart() {
     let c = run(foreign).output().await.unwrap();
     assert_eq!(c.status.code(), Some(5), "{}", String::from_utf8_lossy(&c.stderr));
 }
+
+/// `exocom listen … | head -1`: once the reader is gone the listener stops
+/// quietly (exit 0, no panic) and the messages it could not print are not
+/// lost: they are requeued for the next listener.
+#[tokio::test]
+async fn a_listener_whose_reader_went_away_stops_and_loses_nothing() {
+    let bus = TestBus::start().await;
+    let router = bus.addr.to_string();
+    let listen_args = |count: Option<&str>| {
+        let mut c = exocom();
+        c.args(["listen", "--router", &router, "--identity"])
+            .arg(bus.certs().join("todo"))
+            .args(["--name", "todos.create", "--timeout", "20s"])
+            .stdout(Stdio::piped());
+        if let Some(n) = count {
+            c.args(["--count", n]);
+        }
+        c
+    };
+    let send = |n: u32| {
+        let mut c = exocom();
+        c.args(["send", "--router", &router, "--identity"]).arg(bus.certs().join("web")).args([
+            "--name",
+            "todos.create",
+            "--payload",
+            &format!(r#"{{"n":{n}}}"#),
+        ]);
+        c
+    };
+    let mut first = listen_args(None).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(send(1).output().await.unwrap().status.success());
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&line).unwrap()["payload"]["n"], 1);
+    drop(lines); // the reader goes away, as `head -1` does
+
+    for n in [2, 3] {
+        assert!(send(n).output().await.unwrap().status.success());
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), first.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "the listener must stop quietly, not panic");
+
+    let second = listen_args(Some("2")).spawn().unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(15), second.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut got: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["n"].as_i64().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, [2, 3]);
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::exit;
 use crate::relay::{
@@ -175,7 +175,12 @@ async fn send(args: &SendArgs, payload: &Value) -> Result<i32, Error> {
         let mut code = exit::OK;
         while let Some(reply) = replies.next().await {
             match reply {
-                Ok(reply) => println!("{}", reply_line(&reply)),
+                Ok(reply) => {
+                    // A reader that went away (`| head`) ends the stream quietly.
+                    if print_line(&reply_line(&reply)).is_err() {
+                        break;
+                    }
+                }
                 Err(err) => {
                     code = fail(&err);
                     break;
@@ -197,7 +202,10 @@ async fn send(args: &SendArgs, payload: &Value) -> Result<i32, Error> {
 }
 
 async fn listen(args: &ListenArgs, reply_payload: Value) -> Result<i32, Error> {
-    let (lines, mut received) = mpsc::channel::<Value>(64);
+    // Each line goes with a confirmation: the handler acknowledges the
+    // message only once its line is printed, so a reader that went away
+    // (`exocom listen … | head -1`) loses no message: the rest are requeued.
+    let (lines, mut received) = mpsc::channel::<(Value, oneshot::Sender<bool>)>(64);
     let taken = Arc::new(AtomicU64::new(0));
     let reply = args.reply.clone().map(|name| Arc::new((name, reply_payload)));
     let identity = IdentityDir::new(args.identity.clone());
@@ -226,7 +234,10 @@ async fn listen(args: &ListenArgs, reply_payload: Value) -> Result<i32, Error> {
                 if let Some(reply) = reply.as_deref() {
                     responder.reply(&reply.0, &reply.1).await?;
                 }
-                let _ = lines.send(incoming_line(&msg)).await;
+                let (printed, confirm) = oneshot::channel();
+                if lines.send((incoming_line(&msg), printed)).await.is_err() || confirm.await != Ok(true) {
+                    return Err(Error::new(ErrorKind::Closed, "listener stopped before printing; requeued"));
+                }
                 Ok(())
             }
         });
@@ -252,15 +263,30 @@ async fn listen(args: &ListenArgs, reply_payload: Value) -> Result<i32, Error> {
             _ = tokio::signal::ctrl_c() => break exit::OK,
         };
         match line {
-            Some(line) => {
-                println!("{line}");
+            Some((line, printed)) => {
+                let ok = print_line(&line).is_ok();
+                let _ = printed.send(ok);
+                if !ok {
+                    break exit::OK;
+                }
                 seen += 1;
             }
             None => break exit::ERROR,
         }
     };
+    // Handlers still waiting for their line to be printed fail now (their
+    // messages are requeued), so closing does not wait for them.
+    drop(received);
     relay.close().await;
     Ok(code)
+}
+
+/// Prints one JSON line and flushes; fails when stdout is gone (a closed pipe).
+fn print_line(line: &Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
