@@ -45,8 +45,14 @@ pub struct Diagnostic {
     pub message: String,
     /// How to fix it (may be empty).
     pub hint: String,
-    /// The source line the diagnostic points into (no newline).
+    /// The source line the diagnostic points into (no newline). A line
+    /// longer than 160 characters is cut to a window around the span: it
+    /// then ends in `…` if cut at the end, and `line_offset` says how much
+    /// was cut at the start (rendered as a leading `…`).
     pub source_line: String,
+    /// How many characters of the line were cut before `source_line`
+    /// starts (0 unless the line was cut).
+    pub line_offset: u32,
     /// How many characters to underline, at least 1.
     pub width: u32,
 }
@@ -67,8 +73,12 @@ impl fmt::Display for Diagnostic {
         writeln!(f, "{}:{}: {kind}: {}", self.file, self.location, self.message)?;
         let gutter = self.location.line.to_string();
         let pad = " ".repeat(gutter.len());
-        writeln!(f, " {gutter} | {}", self.source_line)?;
-        let indent = " ".repeat(self.location.column.saturating_sub(1) as usize);
+        let cut = if self.line_offset > 0 { "…" } else { "" };
+        writeln!(f, " {gutter} | {cut}{}", self.source_line)?;
+        // Where the span starts on the printed line (after a leading `…`).
+        let at = (self.location.column.saturating_sub(1)).saturating_sub(self.line_offset) as usize
+            + cut.chars().count();
+        let indent = " ".repeat(at);
         let carets = "^".repeat(self.width.max(1) as usize);
         write!(f, " {pad} | {indent}{carets}")?;
         if !self.hint.is_empty() {
@@ -94,6 +104,11 @@ impl<'a> SourceMap<'a> {
         Self { file, source, line_starts }
     }
 
+    /// Length of the text in bytes.
+    pub fn source_len(&self) -> usize {
+        self.source.len()
+    }
+
     /// The location of byte offset `offset` (clamped to the text).
     pub fn location(&self, offset: usize) -> Location {
         let offset = self.clamp(offset);
@@ -117,9 +132,23 @@ impl<'a> SourceMap<'a> {
         let line_start = self.line_starts[line_index];
         let line_end =
             self.line_starts.get(line_index + 1).map_or(self.source.len(), |&next| next.saturating_sub(1));
-        let source_line = self.source[line_start..line_end].trim_end_matches('\r').to_string();
+        let line = self.source[line_start..line_end].trim_end_matches('\r');
         let end = self.clamp(span.end.max(start)).min(line_end.max(start));
-        let width = to_u32(self.source[start..end].chars().count()).max(1);
+        let mut width = to_u32(self.source[start..end].chars().count()).max(1);
+        let (source_line, line_offset) = if line.len() <= MAX_LINE_CHARS {
+            (line.to_string(), 0)
+        } else {
+            // A long line (one-line files, generated junk): show a window.
+            let column = location.column.saturating_sub(1) as usize;
+            let skip = column.saturating_sub(MAX_LINE_CHARS / 4);
+            let mut shown: String = line.chars().skip(skip).take(MAX_LINE_CHARS).collect();
+            let shown_chars = shown.chars().count();
+            if line.chars().count() > skip + shown_chars {
+                shown.push('…');
+            }
+            width = width.min(to_u32(shown_chars.saturating_sub(column - skip)).max(1));
+            (shown, to_u32(skip))
+        };
         Diagnostic {
             severity,
             file: self.file.to_string(),
@@ -127,6 +156,7 @@ impl<'a> SourceMap<'a> {
             message: message.into(),
             hint: hint.into(),
             source_line,
+            line_offset,
             width,
         }
     }
@@ -140,6 +170,9 @@ impl<'a> SourceMap<'a> {
     }
 }
 
+/// Longest source line a diagnostic shows whole, in characters.
+const MAX_LINE_CHARS: usize = 160;
+
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -147,9 +180,13 @@ fn to_u32(n: usize) -> u32 {
 /// The candidate closest to `word` by edit distance, if it is close enough
 /// to be a likely typo (for "did you mean" hints).
 pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
-    let limit = (word.chars().count() / 3).clamp(1, 3);
+    let len = word.chars().count();
+    let limit = (len / 3).clamp(1, 3);
     candidates
         .into_iter()
+        // The distance is at least the difference in length: skip the
+        // quadratic work for words that cannot be close.
+        .filter(|c| c.chars().count().abs_diff(len) <= limit)
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

@@ -127,6 +127,7 @@ impl Policy {
                 message: format!("the file is not UTF-8 (byte {})", e.valid_up_to()),
                 hint: "save the policy as UTF-8".to_string(),
                 source_line: String::new(),
+                line_offset: 0,
                 width: 1,
             }],
         })?;

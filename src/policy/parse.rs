@@ -26,11 +26,14 @@ const SERVICE_KEYS: &[&str] = &["id", "send", "receive", "limits"];
 const LIMIT_KEYS: &[&str] = &["max_size", "rate", "burst"];
 const MESSAGE_KEYS: &[&str] = &["max_size"];
 const DENY_KEYS: &[&str] = &["services", "send", "receive", "except", "reason"];
+/// Problems reported at most; the rest are counted in one last diagnostic.
+const MAX_DIAGNOSTICS: usize = 100;
 
 /// Parses and validates `source`; on failure returns every diagnostic
 /// (errors and warnings), sorted by position.
 pub(crate) fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Vec<Diagnostic>> {
-    let mut cx = Cx { map: SourceMap::new(file_name, source), diags: Vec::new(), file: file_name };
+    let mut cx =
+        Cx { map: SourceMap::new(file_name, source), diags: Vec::new(), omitted: 0, file: file_name };
     let (root, syntax_errors) = DeTable::parse_recoverable(source);
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
@@ -59,6 +62,8 @@ pub(crate) fn parse_policy(source: &str, file_name: &str) -> Result<Policy, Vec<
 struct Cx<'a> {
     map: SourceMap<'a>,
     diags: Vec<Diagnostic>,
+    /// Problems found past [`MAX_DIAGNOSTICS`].
+    omitted: usize,
     file: &'a str,
 }
 
@@ -73,18 +78,43 @@ struct Draft {
 
 impl<'a> Cx<'a> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
-        let d = self.map.diagnostic(Severity::Error, span, message, hint);
-        self.diags.push(d);
+        self.push(Severity::Error, span, message, hint);
     }
 
     fn warn(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
-        let d = self.map.diagnostic(Severity::Warning, span, message, hint);
+        self.push(Severity::Warning, span, message, hint);
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            self.omitted += 1;
+            return;
+        }
+        let d = self.map.diagnostic(severity, span, message, hint);
         self.diags.push(d);
     }
 
     fn finish(mut self) -> Vec<Diagnostic> {
         self.diags.sort_by_key(|d| (d.location, d.severity));
         self.diags.dedup();
+        if self.omitted > 0 {
+            // Still an error: a file this broken is never accepted.
+            let end = self.map.source_len();
+            let more = format!("{} more problems not shown (at most {MAX_DIAGNOSTICS} are)", self.omitted);
+            let d = self.map.diagnostic(
+                Severity::Error,
+                end..end,
+                more,
+                "fix the problems above and check again",
+            );
+            self.diags.push(d);
+        }
         self.diags
     }
 

@@ -213,3 +213,40 @@ fn from_file_signed_refuses_unsigned() {
     crate::policy::sign::sign_file(&path, &key).unwrap();
     assert!(Policy::from_file_signed(&path, &[key.public_key()]).is_ok());
 }
+
+#[test]
+fn a_long_line_is_shown_in_a_window_with_the_caret_on_the_span() {
+    // One long line of send patterns with a bad one far to the right.
+    let mut patterns: Vec<String> = (0..60).map(|i| format!("\"ok.n{i}\"")).collect();
+    patterns.push("\"Bad Name\"".into());
+    let body =
+        format!("[services.web]\nid = \"spiffe://example.org/svc/web\"\nsend = [{}]\n", patterns.join(", "));
+    let Err(PolicyError::Invalid { diagnostics }) = Policy::parse(&format!("{HEAD}{body}"), "p.toml") else {
+        panic!("the bad pattern was accepted");
+    };
+    let d = diagnostics
+        .iter()
+        .find(|d| d.message.contains("Bad Name"))
+        .expect("a diagnostic for the bad pattern");
+    assert!(d.line_offset > 0, "the long line was not cut: {d:?}");
+    assert!(d.source_line.chars().count() <= 161, "{}", d.source_line.len());
+    let text = d.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let (shown, carets) = (lines[1], lines[2]);
+    let bar = shown.find("| ").unwrap() + 2;
+    let caret_at = carets[bar..].find('^').unwrap();
+    let under: String = shown[bar..].chars().skip(caret_at).take(10).collect();
+    assert_eq!(under, "\"Bad Name\"", "{text}");
+}
+
+#[test]
+fn a_hopeless_file_reports_a_bounded_number_of_problems() {
+    let junk: String = (0..500).map(|i| format!("junk{i} = 1\n")).collect();
+    let Err(PolicyError::Invalid { diagnostics }) = Policy::parse(&format!("{HEAD}{junk}"), "p.toml") else {
+        panic!("junk was accepted");
+    };
+    assert_eq!(diagnostics.len(), 101, "100 problems and one line saying how many more");
+    let last = diagnostics.last().unwrap();
+    assert!(last.is_error());
+    assert!(last.message.contains("more problems not shown"), "{}", last.message);
+}
