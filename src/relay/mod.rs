@@ -181,8 +181,8 @@ impl Relay {
     /// ```no_run
     /// # use exocom::relay::MessageOptions;
     /// # async fn demo(relay: exocom::relay::Relay) -> Result<(), exocom::relay::Error> {
-    /// let report = std::fs::read("report.pdf")?;
-    /// relay.send_bytes("reports.store", report, &MessageOptions::new()).await?;
+    /// let record: Vec<u8> = vec![0x0a, 0x03, b'a', b'b', b'c']; // e.g. protobuf
+    /// relay.send_bytes("reports.store", record, &MessageOptions::new()).await?;
     /// # Ok(()) }
     /// ```
     pub async fn send_bytes(
