@@ -71,9 +71,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  verify it    cargo run -- audit verify {} --pubkey certs-example/audit/pub.pem",
         audit_path.display()
     );
-    println!("Ctrl-C stops everything.");
+    println!("Ctrl-C (or SIGTERM) stops everything and seals the audit log.");
 
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     trigger.trigger();
     todo.close().await;
     let _ = web.task.await;
