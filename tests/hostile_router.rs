@@ -349,3 +349,42 @@ async fn request_one_returns_a_reply_that_overtakes_the_acceptance() {
     let err = web.send("todos.create", &"x").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
+
+/// A router that goes silent without closing the connection (a hung
+/// process, a network that drops packets): the relay pings after its
+/// keepalive and, with no answer, takes the connection for dead and
+/// reconnects instead of waiting forever.
+#[tokio::test]
+async fn a_relay_notices_a_router_that_went_silent() {
+    let bus = TestBus::start().await;
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = Arc::clone(&silent);
+    let pings = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&pings);
+    let tamper: Tamper = Box::new(move |dir, frame| {
+        if dir == Dir::ToRouter && matches!(frame.body, Some(Body::Ping(_))) {
+            p.fetch_add(1, Ordering::SeqCst);
+        }
+        if dir == Dir::ToRelay && s.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        vec![(dir, frame)]
+    });
+    let proxy = Proxy::start(&bus, "web", tamper).await;
+    let web = bus.sealed_at("web", proxy.addr).keepalive(Duration::from_millis(200)).connect().await.unwrap();
+    // While the router answers, pings keep the idle connection up.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(web.is_connected());
+    assert!(pings.load(Ordering::SeqCst) >= 1, "an idle relay sends pings");
+
+    silent.store(true, Ordering::SeqCst);
+    let mut lost = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !web.is_connected() {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost, "the relay still thinks a silent router is there");
+}

@@ -148,6 +148,15 @@ impl RelayBuilder {
         self
     }
 
+    /// How long the connection may be silent before the relay pings the
+    /// router (default 15 s). Silent for twice as long, the connection is
+    /// taken for dead (a router that vanished without closing it, a
+    /// network that dropped it) and the relay reconnects.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.settings.keepalive = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// The payload codec (default [`Plain`]); end-to-end sealing plugs in here.
     pub fn codec(mut self, codec: Arc<dyn PayloadCodec>) -> Self {
         self.codec = codec;

@@ -35,7 +35,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::frame::decode_header;
 use crate::wire::{
     Ack, Body, ConnectionError, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind,
-    Nack, PROTOCOL_VERSION, Pong, RoutingHeader, Send, Subscribe, Welcome,
+    Nack, PROTOCOL_VERSION, Ping, Pong, RoutingHeader, Send, Subscribe, Welcome,
 };
 
 /// Most delivery tags one `Ack` frame waits to collect.
@@ -263,6 +263,12 @@ impl<C: Connector> ConnectionTask<C> {
         refresh.reset();
         let mut shutdown = self.shutdown.clone();
         let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // Liveness: ping after `keepalive` of silence, give up after twice that.
+        let keepalive = self.shared.settings.keepalive;
+        let mut last_read = tokio::time::Instant::now();
+        let mut alive = tokio::time::interval(keepalive / 2);
+        alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        alive.reset();
         let end = loop {
             if drain_deadline.is_some() && self.dedup.in_progress() == 0 {
                 break SessionEnd::Closed;
@@ -286,10 +292,24 @@ impl<C: Connector> ConnectionTask<C> {
                     return SessionEnd::Lost(err);
                 }
                 frame = reader.read_frame() => match frame {
-                    Ok(Some(frame)) => self.on_frame(frame, generation, &out, draining).await,
+                    Ok(Some(frame)) => {
+                        last_read = tokio::time::Instant::now();
+                        self.on_frame(frame, generation, &out, draining).await
+                    }
                     Ok(None) => Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the router closed the connection"))),
                     Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
                 },
+                _ = alive.tick() => {
+                    let silent = last_read.elapsed();
+                    if silent >= keepalive * 2 {
+                        let text = format!("the router sent nothing for {silent:?} (not even a Pong)");
+                        Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, text)))
+                    } else if silent >= keepalive {
+                        push(&out, Body::Ping(Ping { nonce: 0 })).await
+                    } else {
+                        Ok(())
+                    }
+                }
                 _ = refresh.tick(), if refresh_every.is_some() => {
                     let mut step = Ok(());
                     for body in self.shared.codec.refresh_frames(&self.shared.instance) {

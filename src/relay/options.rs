@@ -87,6 +87,7 @@ pub(crate) struct Settings {
     pub(crate) reconnect_cap: Duration,
     pub(crate) retry_initial_connect: bool,
     pub(crate) drain_timeout: Duration,
+    pub(crate) keepalive: Duration,
     pub(crate) client_name: String,
 }
 
@@ -107,6 +108,7 @@ impl Default for Settings {
             reconnect_cap: Duration::from_secs(10),
             retry_initial_connect: false,
             drain_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(15),
             client_name: concat!("exocom-relay/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
