@@ -263,9 +263,10 @@ impl<C: Connector> ConnectionTask<C> {
         refresh.reset();
         let mut shutdown = self.shutdown.clone();
         let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        // Liveness: ping after `keepalive` of silence, give up after twice that.
+        // Liveness, checked twice per `keepalive`: ping after a keepalive of
+        // silence, give up after twice that. A flag per frame, no clock read.
         let keepalive = self.shared.settings.keepalive;
-        let mut last_read = tokio::time::Instant::now();
+        let (mut heard, mut silent_ticks) = (false, 0u32);
         let mut alive = tokio::time::interval(keepalive / 2);
         alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         alive.reset();
@@ -293,18 +294,18 @@ impl<C: Connector> ConnectionTask<C> {
                 }
                 frame = reader.read_frame() => match frame {
                     Ok(Some(frame)) => {
-                        last_read = tokio::time::Instant::now();
+                        heard = true;
                         self.on_frame(frame, generation, &out, draining).await
                     }
                     Ok(None) => Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the router closed the connection"))),
                     Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
                 },
                 _ = alive.tick() => {
-                    let silent = last_read.elapsed();
-                    if silent >= keepalive * 2 {
-                        let text = format!("the router sent nothing for {silent:?} (not even a Pong)");
+                    silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
+                    if silent_ticks >= 4 {
+                        let text = format!("the router sent nothing for {:?} (not even a Pong)", keepalive * 2);
                         Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, text)))
-                    } else if silent >= keepalive {
+                    } else if silent_ticks >= 2 {
                         push(&out, Body::Ping(Ping { nonce: 0 })).await
                     } else {
                         Ok(())

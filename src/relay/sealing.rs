@@ -221,15 +221,15 @@ impl E2e {
 
     /// Who the message is sealed to, from the plans while they hold.
     fn plan(&self, header: &RoutingHeader, now: u64) -> Arc<Plan> {
-        let policy = self.policy.load_full();
+        let policy = self.policy.load();
         let keys_gen = *self.updates.borrow();
         let version = header.version.max(1);
         let mut plans = lock(&self.plans);
         let names = plans.by_name.len();
-        let same_policy = plans.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy));
+        let same_policy = plans.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &*policy));
         if !same_policy || plans.keys != keys_gen || now >= plans.valid_until_ms || names >= MAX_PLANS {
             plans.by_name.clear();
-            plans.policy = Some(Arc::clone(&policy));
+            plans.policy = Some(Arc::clone(&*policy));
             plans.keys = keys_gen;
             plans.valid_until_ms =
                 lock(&self.keys).verified.values().map(|a| a.not_after_ms).min().unwrap_or(u64::MAX);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::measure::{Outcome, Plan, json_text};
+use crate::measure::{Outcome, Plan, json_text, sequential_latency};
 use crate::setup::cert_dir;
 
 type Stream = TlsStream<TcpStream>;
@@ -109,39 +109,26 @@ impl Forwarder {
         tokio::spawn(echo_loop(FrameReader::new(br, 16 << 20), FrameWriter::new(bw)));
     }
 
-    /// W1: sequential round trips A → B → A.
-    pub async fn w1(&self, plan: &Plan) -> Result<Outcome> {
+    /// A pair whose B side echoes every frame; A's reader and writer, and
+    /// the 256-byte `Send` frame the round-trip workloads write.
+    async fn echoing(
+        &self,
+    ) -> Result<(FrameReader<ReadHalf<Stream>>, FrameWriter<WriteHalf<Stream>>, Frame)> {
         let (a, b) = self.pair("load", "echo").await?;
         Self::spawn_echo(b);
         let (ar, aw) = tokio::io::split(a);
-        let mut reader = FrameReader::new(ar, 16 << 20);
-        let mut writer = FrameWriter::new(aw);
-        let frame = decode(&send_frame("bench.echo", 256))?;
-        let deadline = plan.deadline();
-        for _ in 0..plan.n(1_000) {
-            round_trip(&mut reader, &mut writer, &frame).await?;
-        }
-        let n = plan.n(20_000);
-        let mut samples = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let t = Instant::now();
-            round_trip(&mut reader, &mut writer, &frame).await?;
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        Ok(Outcome::latency(samples))
+        Ok((FrameReader::new(ar, 16 << 20), FrameWriter::new(aw), decode(&send_frame("bench.echo", 256))?))
+    }
+
+    /// W1: sequential round trips A → B → A.
+    pub async fn w1(&self, plan: &Plan) -> Result<Outcome> {
+        let (mut reader, mut writer, frame) = self.echoing().await?;
+        sequential_latency(plan, async || round_trip(&mut reader, &mut writer, &frame).await).await
     }
 
     /// W4 on one connection pair: 32 round trips in flight.
     pub async fn w4(&self, plan: &Plan) -> Result<Outcome> {
-        let (a, b) = self.pair("load", "echo").await?;
-        Self::spawn_echo(b);
-        let (ar, aw) = tokio::io::split(a);
-        let mut reader = FrameReader::new(ar, 16 << 20);
-        let mut writer = FrameWriter::new(aw);
-        let frame = decode(&send_frame("bench.echo", 256))?;
+        let (mut reader, mut writer, frame) = self.echoing().await?;
         let n = plan.n(50_000);
         let deadline = plan.deadline();
         let start = Instant::now();

@@ -26,6 +26,30 @@ impl Plan {
     }
 }
 
+/// W1 on any system: `plan.n(1_000)` warm-up round trips, then up to
+/// `plan.n(20_000)` timed ones, each awaited before the next, stopping at
+/// the time bound.
+pub async fn sequential_latency(
+    plan: &Plan,
+    mut round_trip: impl AsyncFnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    let deadline = plan.deadline();
+    for _ in 0..plan.n(1_000) {
+        round_trip().await?;
+    }
+    let n = plan.n(20_000);
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        round_trip().await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    Ok(Outcome::latency(samples))
+}
+
 /// What one workload on one system gave.
 #[derive(Clone, Debug)]
 pub enum Outcome {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::measure::{Counter, Outcome, Plan, spread};
+use crate::measure::{Counter, Outcome, Plan, sequential_latency, spread};
 use crate::setup::{cert_dir, free_port, spiffe};
 
 /// Per-user permissions: (service, may publish, may subscribe, may answer requests).
@@ -162,21 +162,11 @@ impl Nats {
         let _echo = self.echo().await?;
         let load = self.client("load").await?;
         let payload = Bytes::from(vec![b'x'; 256]);
-        let deadline = plan.deadline();
-        for _ in 0..plan.n(1_000) {
+        sequential_latency(plan, async || {
             load.request("bench.echo", payload.clone()).await?;
-        }
-        let n = plan.n(20_000);
-        let mut samples = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let t = Instant::now();
-            load.request("bench.echo", payload.clone()).await?;
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        Ok(Outcome::latency(samples))
+            Ok(())
+        })
+        .await
     }
 
     /// W2/W5: one publisher, one subscriber.

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 
-use crate::measure::{Counter, Outcome, Plan, json_text, spread};
+use crate::measure::{Counter, Outcome, Plan, json_text, sequential_latency, spread};
 use crate::setup::cert_dir;
 
 /// Sends in flight per sending relay in the throughput workloads.
@@ -84,23 +84,14 @@ impl Ours {
         let echo = self.echo(256).await?;
         let load = self.builder("load").connect().await?;
         let text = json_text(256);
-        let deadline = plan.deadline();
-        for _ in 0..plan.n(1_000) {
+        let outcome = sequential_latency(plan, async || {
             load.request_one("bench.echo", &*text).await?;
-        }
-        let n = plan.n(20_000);
-        let mut samples = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let t = Instant::now();
-            load.request_one("bench.echo", &*text).await?;
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-            if Instant::now() > deadline {
-                break;
-            }
-        }
+            Ok(())
+        })
+        .await;
         load.close().await;
         echo.close().await;
-        Ok(Outcome::latency(samples))
+        outcome
     }
 
     /// W2 (name `bench.one`, 256 B) and W5 (`bench.big`, 64 KiB): one sender, one receiver.
