@@ -33,6 +33,7 @@ use ring::hmac;
 use super::crypto::{self, AUTH_TAG_LEN};
 use super::grant::{self, OpenLimits};
 use super::identity::TrustAnchors;
+use super::idhash::IdHash;
 use super::keys::ReceiveKey;
 use super::payload::{self, PayloadError};
 use super::replay::{Inbox, ReplayWindow, Seen};
@@ -181,14 +182,34 @@ pub struct Opened {
     pub sender_service: String,
 }
 
+/// What [`Opener::open_decoded`] gives: an [`Opened`] without the header the
+/// caller already holds.
+#[derive(Debug)]
+pub struct OpenedPayload {
+    /// The application payload.
+    pub plaintext: Bytes,
+    /// The reply key, when the sender expects replies.
+    pub reply_key: Option<ReplyKey>,
+    /// The sender's service name (verified).
+    pub sender_service: String,
+}
+
 /// The policy question a receiver asks: may `sender_service` send `name`?
 pub type MaySend = dyn Fn(&str, &str) -> bool + Send + Sync;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct EpochRef {
     sender_id: String,
     instance: String,
     epoch: [u8; 16],
+}
+
+impl EpochRef {
+    /// Whether this is the epoch of `header`'s sender and instance (the
+    /// epoch id itself is the table's key).
+    fn is(&self, header: &RoutingHeader) -> bool {
+        self.sender_id == header.sender && self.instance == header.sender_instance
+    }
 }
 
 struct EpochState {
@@ -207,7 +228,10 @@ pub struct Opener {
     anchors: TrustAnchors,
     may_send: Box<MaySend>,
     config: OpenerConfig,
-    epochs: HashMap<EpochRef, EpochState>,
+    /// Sender epochs by epoch id; the few entries under one id (different
+    /// senders may pick the same id) are told apart by sender and instance,
+    /// so a lookup compares the header's strings instead of copying them.
+    epochs: HashMap<[u8; 16], Vec<(EpochRef, EpochState)>, IdHash>,
     order: VecDeque<EpochRef>,
     inbox: Inbox,
 }
@@ -229,7 +253,7 @@ impl Opener {
             anchors,
             may_send: Box::new(may_send),
             config,
-            epochs: HashMap::new(),
+            epochs: HashMap::with_hasher(IdHash::new()),
             order: VecDeque::new(),
             inbox: Inbox::new(config.inbox_capacity),
         }
@@ -246,6 +270,21 @@ impl Opener {
     /// Checks and opens one delivery (see the module docs for the order).
     pub fn open(&mut self, deliver: &Deliver, now_ms: u64) -> Result<Opened, OpenError> {
         let header = decode_header(&deliver.header)?;
+        let OpenedPayload { plaintext, reply_key, sender_service } =
+            self.open_decoded(deliver, &header, now_ms)?;
+        Ok(Opened { header, plaintext, reply_key, sender_service })
+    }
+
+    /// [`Opener::open`] for a caller that has already decoded
+    /// `deliver.header`: `header` must be exactly that decoding (the relay
+    /// decodes it once to find the handler). Every check runs on `header`;
+    /// the AEAD and the tag still bind the header bytes themselves.
+    pub fn open_decoded(
+        &mut self,
+        deliver: &Deliver,
+        header: &RoutingHeader,
+        now_ms: u64,
+    ) -> Result<OpenedPayload, OpenError> {
         if header.seal != SEAL_V1 {
             return Err(OpenError::NotSealed);
         }
@@ -255,20 +294,21 @@ impl Opener {
         if header.id.len() != 16 {
             return Err(OpenError::MalformedHeader("id must be 16 bytes".into()));
         }
-        check_sender(&header, deliver)?;
-        let key = EpochRef {
-            sender_id: header.sender.clone(),
-            instance: header.sender_instance.clone(),
-            epoch: epoch_of(&header)?,
-        };
-        if !self.epochs.contains_key(&key) {
+        check_sender(header, deliver)?;
+        let epoch = epoch_of(header)?;
+        if self.find(header, &epoch).is_none() {
             if deliver.grant.is_empty() {
                 return Err(OpenError::NoGrant);
             }
+            let key = EpochRef {
+                sender_id: header.sender.clone(),
+                instance: header.sender_instance.clone(),
+                epoch,
+            };
             let state = self.accept_grant(&deliver.grant, &key, now_ms)?;
-            self.insert_epoch(key.clone(), state);
+            self.insert_epoch(key, state);
         }
-        let state = self.epochs.get(&key).ok_or(OpenError::NoGrant)?;
+        let state = self.find(header, &epoch).ok_or(OpenError::NoGrant)?;
         if state.name != header.name {
             return Err(OpenError::GrantMismatch("name"));
         }
@@ -280,7 +320,7 @@ impl Opener {
         if header.expires_at_ms != 0 && now_ms > header.expires_at_ms.saturating_add(self.config.skew_ms) {
             return Err(OpenError::Expired { expires_at_ms: header.expires_at_ms });
         }
-        if self.inbox.contains(&id_of(&header)) {
+        if self.inbox.contains(&id_of(header)) {
             return Err(OpenError::Replay);
         }
         match state.window.check(header.seq) {
@@ -297,7 +337,7 @@ impl Opener {
         .map_err(|_| OpenError::BadAead)?;
         let (reply_key, at) = payload::decode(&plain)?;
         let sender_service = state.sender_service.clone();
-        Ok(Opened { header, plaintext: Bytes::from(plain).slice(at..), reply_key, sender_service })
+        Ok(OpenedPayload { plaintext: Bytes::from(plain).slice(at..), reply_key, sender_service })
     }
 
     /// Records a message as processed (its handler succeeded): a later copy
@@ -308,11 +348,20 @@ impl Opener {
             self.inbox.insert(id_of(header));
         }
         let Ok(epoch) = epoch_of(header) else { return };
-        let key =
-            EpochRef { sender_id: header.sender.clone(), instance: header.sender_instance.clone(), epoch };
-        if let Some(state) = self.epochs.get_mut(&key) {
+        if let Some(state) = self.find_mut(header, &epoch) {
             state.window.mark(header.seq);
         }
+    }
+
+    /// The epoch `header`'s sender and instance opened under `epoch`.
+    fn find(&self, header: &RoutingHeader, epoch: &[u8; 16]) -> Option<&EpochState> {
+        let entries = self.epochs.get(epoch)?;
+        entries.iter().find(|(k, _)| k.is(header)).map(|(_, state)| state)
+    }
+
+    fn find_mut(&mut self, header: &RoutingHeader, epoch: &[u8; 16]) -> Option<&mut EpochState> {
+        let entries = self.epochs.get_mut(epoch)?;
+        entries.iter_mut().find(|(k, _)| k.is(header)).map(|(_, state)| state)
     }
 
     fn accept_grant(&self, bytes: &[u8], key: &EpochRef, now_ms: u64) -> Result<EpochState, OpenError> {
@@ -346,11 +395,20 @@ impl Opener {
     fn insert_epoch(&mut self, key: EpochRef, state: EpochState) {
         while self.order.len() >= self.config.max_epochs.max(1) {
             if let Some(old) = self.order.pop_front() {
-                self.epochs.remove(&old);
+                self.forget(&old);
             }
         }
         self.order.push_back(key.clone());
-        self.epochs.insert(key, state);
+        self.epochs.entry(key.epoch).or_default().push((key, state));
+    }
+
+    fn forget(&mut self, key: &EpochRef) {
+        if let Some(entries) = self.epochs.get_mut(&key.epoch) {
+            entries.retain(|(k, _)| k != key);
+            if entries.is_empty() {
+                self.epochs.remove(&key.epoch);
+            }
+        }
     }
 }
 

@@ -290,7 +290,7 @@ impl PayloadCodec for E2e {
     }
 
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
-        let opened = lock(&self.opener).open(deliver, now_ms()).map_err(rejected)?;
+        let opened = lock(&self.opener).open_decoded(deliver, header, now_ms()).map_err(rejected)?;
         let allowed =
             self.policy.load().check_send(&opened.sender_service, &header.name, header.version.max(1));
         if !allowed.allowed {
@@ -301,7 +301,7 @@ impl PayloadCodec for E2e {
         }
         let replies = match &opened.reply_key {
             Some(key) => {
-                let sealer = ReplySealer::new(key, &opened.header, &self.my_id, &self.instance)
+                let sealer = ReplySealer::new(key, header, &self.my_id, &self.instance)
                     .map_err(|e| CodecError::Seal(e.to_string()))?;
                 Some(Box::new(SealingReplies { sealer }) as Box<dyn ReplySealing>)
             }
@@ -315,6 +315,11 @@ impl PayloadCodec for E2e {
     }
 
     fn accepted(&self, sent: &SealedPayload) {
+        // Only a send that carried grants can confirm them; most carry none
+        // (the epoch's grants were confirmed by an earlier send).
+        if sent.grants.is_empty() {
+            return;
+        }
         if let Ok(header) = decode_header(&sent.header) {
             lock(&self.sealer).confirm_grants(&header.name, &header.epoch);
         }

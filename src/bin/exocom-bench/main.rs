@@ -13,6 +13,7 @@
 // `LISTENING` line the parent reads).
 #![allow(clippy::print_stdout)]
 
+mod cpu;
 mod fwd;
 mod measure;
 mod nats;
@@ -172,14 +173,26 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
         for &conns in variants {
             let label = if w == "w4" { format!("{label}, {conns} conn") } else { label.to_string() };
             eprintln!("== {label}");
-            let o = if want("ours") { settle(ours_run(&ours, plan, w, conns).await) } else { skip() };
+            let o = if want("ours") {
+                cpu::measured(Some(router.pid()), async { settle(ours_run(&ours, plan, w, conns).await) })
+                    .await
+            } else {
+                skip()
+            };
             eprintln!("   ours: {}", show(&o));
             let n = match &nats_server {
-                Some(ns) => settle(nats_run(ns, plan, w, conns).await),
+                Some(ns) => {
+                    cpu::measured(Some(ns.pid()), async { settle(nats_run(ns, plan, w, conns).await) }).await
+                }
                 None => skip(),
             };
             eprintln!("   nats: {}", show(&n));
-            let f = if want("fwd") { settle(fwd_run(&fwd, plan, w, conns).await) } else { skip() };
+            let f = if want("fwd") {
+                cpu::measured(Some(forwarder.pid()), async { settle(fwd_run(&fwd, plan, w, conns).await) })
+                    .await
+            } else {
+                skip()
+            };
             eprintln!("   fwd:  {}", show(&f));
             rows.extend(report::rows(&label, unit, &o, &n, &f));
         }

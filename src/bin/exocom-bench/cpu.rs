@@ -1,0 +1,56 @@
+//! CPU time per unit of work: how many microseconds of CPU the server
+//! process and the client side (this process) spent per message, delivery
+//! or round trip of a workload. On a machine with few cores this, not the
+//! wall-clock rate alone, says where a system's time goes.
+//!
+//! Read from `/proc/<pid>/stat` (user + system time of the whole process, in
+//! clock ticks of 1/100 s, Linux's fixed `USER_HZ`), so a workload must run
+//! for a second or more for the figure to mean much. Elsewhere it reads
+//! nothing and the figures are left out.
+
+use std::future::Future;
+
+use crate::measure::Outcome;
+
+/// Linux reports process times in `USER_HZ` ticks, 100 per second on every
+/// architecture.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; the fields after it
+    // start past the last ')'. utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// Runs `work`, then adds to a rate outcome's note the CPU the server
+/// (`server_pid`, if any) and this process spent per unit done.
+pub async fn measured(server_pid: Option<u32>, work: impl Future<Output = Outcome>) -> Outcome {
+    let server = server_pid.map(|p| p.to_string());
+    let before = (server.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let outcome = work.await;
+    let after = (server.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    match outcome {
+        Outcome::Rate { per_s, done, wanted, note } if done > 0 => {
+            let per_unit = |b: Option<f64>, a: Option<f64>| Some((a? - b?) * 1e6 / done as f64);
+            let parts: Vec<String> =
+                [("server", per_unit(before.0, after.0)), ("clients", per_unit(before.1, after.1))]
+                    .into_iter()
+                    .filter_map(|(who, us)| us.map(|us| format!("{who} {us:.1}")))
+                    .collect();
+            let note = if parts.is_empty() {
+                note
+            } else {
+                let sep = if note.is_empty() { "" } else { "; " };
+                format!("{note}{sep}CPU µs per unit: {}", parts.join(", "))
+            };
+            Outcome::Rate { per_s, done, wanted, note }
+        }
+        o => o,
+    }
+}
