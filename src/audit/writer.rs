@@ -1,11 +1,13 @@
 //! The writer task: the only code that appends to the audit log.
 //!
 //! Callers push [`Record`]s into a bounded queue through an [`AuditHandle`]
-//! without blocking or awaiting (a std mutex held for a `Vec::push`, then a
-//! `Notify`). The task takes everything queued, serializes it into one buffer
-//! (sequence numbers, times, hash chain, checkpoints), makes one `write(2)`,
-//! fsyncs per [`FsyncPolicy`], and only then resolves the batch's [`Ticket`]s.
-//! File I/O runs on the blocking pool so it never stalls the runtime.
+//! without blocking or awaiting (a std mutex held for a `Vec::push`, and a
+//! wake-up only when the writer is idle). The writer takes everything
+//! queued, serializes it into one buffer (sequence numbers, times, hash
+//! chain, checkpoints), makes one `write(2)`, fsyncs per [`FsyncPolicy`], and
+//! only then resolves the batch's [`Ticket`]s. It runs on a thread of its
+//! own, so file I/O never stalls the runtime and a batch costs no hand-off
+//! to a pool thread and back.
 //!
 //! It must never let a line go missing from the chain silently: when a write
 //! fails the file is cut back to the last whole batch, the batch's tickets
@@ -20,12 +22,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::Notify;
 
 use super::chain::{self, ChainState};
 use super::checkpoint::Signer;
@@ -54,8 +55,8 @@ pub fn start(
 ) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditError> {
     let writer = Writer::open(&config)?;
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue { records: Vec::new(), next: 0 }),
-        notify: Notify::new(),
+        queue: Mutex::new(Queue { records: Vec::new(), next: 0, idle: false, woken: false, stop: false }),
+        wake: Condvar::new(),
         available: AtomicBool::new(true),
         closed: AtomicBool::new(false),
         fail_open: config.fail_open,
@@ -65,7 +66,28 @@ pub fn start(
         settled: Mutex::new(Settled::default()),
         stats: Stats::default(),
     });
-    let task = tokio::spawn(run(writer, shared.clone(), shutdown, config.checkpoint_interval));
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let thread_shared = shared.clone();
+    let interval = config.checkpoint_interval;
+    std::thread::Builder::new()
+        .name("exocom-audit".into())
+        .spawn(move || {
+            let _closed = CloseOnExit(thread_shared.clone());
+            run(writer, &thread_shared, interval);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| AuditError::Io { path: config.path.clone(), source: e })?;
+    // The task the caller awaits: passes the shutdown signal to the thread
+    // and ends when the thread has written `log_stop` and closed.
+    let stop_shared = shared.clone();
+    let mut shutdown = shutdown;
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.wait() => stop_shared.stop(),
+            _ = &mut done_rx => return,
+        }
+        let _ = done_rx.await;
+    });
     Ok((AuditHandle { shared: Some(shared) }, task))
 }
 
@@ -105,22 +127,20 @@ impl AuditHandle {
         }
         let mut queue = lock(&shared.queue);
         if queue.records.len() >= shared.queue_limit {
-            drop(queue);
             return if shared.fail_open {
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_one();
+                shared.wake_writer(queue);
                 Ok(Ticket::ready(Ok(())))
             } else {
                 shared.refused.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_one();
+                shared.wake_writer(queue);
                 Err(AuditError::Unavailable)
             };
         }
         let n = queue.next;
         queue.next += 1;
         queue.records.push(rec);
-        drop(queue);
-        shared.notify.notify_one();
+        shared.wake_writer(queue);
         Ok(Ticket { state: TicketState::Pending { n, shared: shared.clone() } })
     }
 
@@ -214,7 +234,8 @@ impl std::future::Future for Ticket {
 #[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
-    notify: Notify,
+    /// The writer thread waits on it (with `queue`) while idle.
+    wake: Condvar,
     /// False while the log cannot be written.
     available: AtomicBool,
     /// True once the task has ended.
@@ -234,6 +255,12 @@ struct Queue {
     records: Vec<Record>,
     /// Queue number of the next record pushed; a batch is a contiguous range of these.
     next: u64,
+    /// The writer is waiting for work: the next record must wake it.
+    idle: bool,
+    /// Something was queued or counted since the writer last looked.
+    woken: bool,
+    /// Shutdown was asked for.
+    stop: bool,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +305,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Wakes the writer if it waits for work (then releases the queue).
+    /// A busy writer takes what was queued when its batch is done, without
+    /// a wake-up per record.
+    fn wake_writer(&self, mut queue: MutexGuard<'_, Queue>) {
+        queue.woken = true;
+        if queue.idle {
+            queue.idle = false;
+            drop(queue);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the writer to drain, write `log_stop` and end.
+    fn stop(&self) {
+        let mut queue = lock(&self.queue);
+        queue.stop = true;
+        self.wake_writer(queue);
+    }
+
+    /// Waits until a record is queued, a stop is asked for or `deadline`
+    /// passes; returns whether to stop.
+    fn wait(&self, deadline: Instant) -> bool {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.stop {
+                return true;
+            }
+            let now = Instant::now();
+            if std::mem::take(&mut queue.woken) || now >= deadline {
+                return false;
+            }
+            queue.idle = true;
+            queue = match self.wake.wait_timeout(queue, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            queue.idle = false;
+        }
+    }
+
     fn take(&self) -> (Vec<Record>, Range<u64>) {
         let mut queue = lock(&self.queue);
         let records = std::mem::take(&mut queue.records);
@@ -840,16 +907,22 @@ impl Clock {
 }
 
 /// Runs `job` on the blocking pool; gives the writer back (None if the pool lost it).
-async fn write_blocking(mut writer: Writer, job: Job) -> Option<(Writer, std::io::Result<()>, Job)> {
-    tokio::task::spawn_blocking(move || {
-        let result = writer.write_job(&job);
-        (writer, result, job)
-    })
-    .await
-    .ok()
+/// Closes the log if the writer thread ends by a panic, so no ticket waits
+/// forever and new records are refused.
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the audit writer failed; closing the audit log");
+            self.0.available.store(false, Ordering::Release);
+            self.0.close();
+        }
+    }
 }
 
-async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, interval: Duration) {
+/// The writer thread's loop, until a stop is asked for.
+fn run(mut writer: Writer, shared: &Shared, interval: Duration) {
     let interval = interval.max(Duration::from_millis(1));
     let mut backoff = MIN_BACKOFF;
     let mut retry_at: Option<Instant> = None;
@@ -864,11 +937,8 @@ async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, in
         if let Some(t) = retry_at {
             deadline = deadline.min(t);
         }
-        tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            () = shared.notify.notified() => {}
-            () = tokio::time::sleep_until(deadline.into()) => {}
+        if shared.wait(deadline) {
+            break;
         }
         let now = Instant::now();
         let (records, range) = shared.take();
@@ -896,13 +966,7 @@ async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, in
             continue;
         }
         let recovering = writer.failure.is_some();
-        let Some((w, result, job)) = write_blocking(writer, job).await else {
-            tracing::error!("audit writer lost its file handle; closing the audit log");
-            shared.available.store(false, Ordering::Release);
-            shared.close();
-            return;
-        };
-        writer = w;
+        let result = writer.write_job(&job);
         writer.publish_stats(&shared.stats);
         match result {
             Ok(()) => {
@@ -933,16 +997,12 @@ async fn run(mut writer: Writer, shared: Arc<Shared>, mut shutdown: Shutdown, in
         refused: shared.refused.swap(0, Ordering::Relaxed),
         stop: true,
     };
-    match write_blocking(writer, job).await {
-        Some((mut w, result, _)) => {
-            w.publish_stats(&shared.stats);
-            if let Err(err) = &result {
-                tracing::error!(%err, "audit log could not be closed cleanly");
-            }
-            shared.settle(range, result.is_ok() || shared.fail_open);
-        }
-        None => shared.settle(range, false),
+    let result = writer.write_job(&job);
+    writer.publish_stats(&shared.stats);
+    if let Err(err) = &result {
+        tracing::error!(%err, "audit log could not be closed cleanly");
     }
+    shared.settle(range, result.is_ok() || shared.fail_open);
     shared.close();
     // Records that raced the close cannot be written any more.
     let (_, range) = shared.take();
