@@ -1,6 +1,7 @@
 //! CPU time per unit of work: how many microseconds of CPU the server
 //! process and the client side (this process) spent per message, delivery
-//! or round trip of a workload. On a machine with few cores this, not the
+//! or round trip of a workload (for latency workloads, per round trip,
+//! warm-up included). On a machine with few cores this, not the
 //! wall-clock rate alone, says where a system's time goes.
 //!
 //! Read from `/proc/<pid>/stat` (user + system time of the whole process, in
@@ -28,28 +29,38 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SEC)
 }
 
-/// Runs `work`, then adds to a rate outcome's note the CPU the server
+/// Runs `work`, then adds to the outcome's note the CPU the server
 /// (`server_pid`, if any) and this process spent per unit done.
 pub async fn measured(server_pid: Option<u32>, work: impl Future<Output = Outcome>) -> Outcome {
     let server = server_pid.map(|p| p.to_string());
     let before = (server.as_deref().and_then(cpu_secs), cpu_secs("self"));
     let outcome = work.await;
     let after = (server.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let units = match &outcome {
+        Outcome::Rate { done, .. } => *done,
+        Outcome::Latency { total, .. } => *total,
+        _ => 0,
+    };
+    if units == 0 {
+        return outcome;
+    }
+    let per_unit = |b: Option<f64>, a: Option<f64>| Some((a? - b?) * 1e6 / units as f64);
+    let parts: Vec<String> =
+        [("server", per_unit(before.0, after.0)), ("clients", per_unit(before.1, after.1))]
+            .into_iter()
+            .filter_map(|(who, us)| us.map(|us| format!("{who} {us:.1}")))
+            .collect();
+    if parts.is_empty() {
+        return outcome;
+    }
+    let add = |note: String| {
+        let sep = if note.is_empty() { "" } else { "; " };
+        format!("{note}{sep}CPU µs per unit: {}", parts.join(", "))
+    };
     match outcome {
-        Outcome::Rate { per_s, done, wanted, note } if done > 0 => {
-            let per_unit = |b: Option<f64>, a: Option<f64>| Some((a? - b?) * 1e6 / done as f64);
-            let parts: Vec<String> =
-                [("server", per_unit(before.0, after.0)), ("clients", per_unit(before.1, after.1))]
-                    .into_iter()
-                    .filter_map(|(who, us)| us.map(|us| format!("{who} {us:.1}")))
-                    .collect();
-            let note = if parts.is_empty() {
-                note
-            } else {
-                let sep = if note.is_empty() { "" } else { "; " };
-                format!("{note}{sep}CPU µs per unit: {}", parts.join(", "))
-            };
-            Outcome::Rate { per_s, done, wanted, note }
+        Outcome::Rate { per_s, done, wanted, note } => Outcome::Rate { per_s, done, wanted, note: add(note) },
+        Outcome::Latency { p50, p99, p999, n, total, note } => {
+            Outcome::Latency { p50, p99, p999, n, total, note: add(note) }
         }
         o => o,
     }

@@ -217,8 +217,8 @@ fn settle(r: Result<Outcome>) -> Outcome {
 
 fn show(o: &Outcome) -> String {
     match o {
-        Outcome::Latency { p50, p99, p999, n } => {
-            format!("p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs ({n})")
+        Outcome::Latency { p50, p99, p999, n, note, .. } => {
+            format!("p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs ({n}) {note}")
         }
         Outcome::Rate { per_s, done, wanted, note } => format!("{per_s:.0}/s ({done}/{wanted}) {note}"),
         Outcome::NotApplicable(why) => format!("n/a ({why})"),

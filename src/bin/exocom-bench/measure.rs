@@ -34,7 +34,8 @@ pub async fn sequential_latency(
     mut round_trip: impl AsyncFnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Outcome> {
     let deadline = plan.deadline();
-    for _ in 0..plan.n(1_000) {
+    let warm_up = plan.n(1_000);
+    for _ in 0..warm_up {
         round_trip().await?;
     }
     let n = plan.n(20_000);
@@ -47,7 +48,8 @@ pub async fn sequential_latency(
             break;
         }
     }
-    Ok(Outcome::latency(samples))
+    let total = warm_up + samples.len() as u64;
+    Ok(Outcome::latency(samples, total))
 }
 
 /// What one workload on one system gave.
@@ -63,6 +65,10 @@ pub enum Outcome {
         p999: f64,
         /// Round trips measured.
         n: u64,
+        /// Round trips made in all, warm-up included (what CPU time is divided by).
+        total: u64,
+        /// Anything the reader must know.
+        note: String,
     },
     /// A rate.
     Rate {
@@ -93,14 +99,22 @@ impl Outcome {
         Outcome::Rate { per_s: done as f64 / elapsed.as_secs_f64().max(1e-9), done, wanted, note }
     }
 
-    /// Percentiles of `samples` (microseconds).
-    pub fn latency(mut samples: Vec<f64>) -> Outcome {
+    /// Percentiles of `samples` (microseconds); `total` round trips were
+    /// made in all, warm-up included.
+    pub fn latency(mut samples: Vec<f64>, total: u64) -> Outcome {
         if samples.is_empty() {
             return Outcome::Failed("no round trip completed".into());
         }
         samples.sort_by(f64::total_cmp);
         let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        Outcome::Latency { p50: at(0.50), p99: at(0.99), p999: at(0.999), n: samples.len() as u64 }
+        Outcome::Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            n: samples.len() as u64,
+            total,
+            note: String::new(),
+        }
     }
 }
 

@@ -51,7 +51,9 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
     let notes: Vec<String> = [("ours", ours), ("nats", nats), ("fwd", fwd)]
         .iter()
         .filter_map(|(who, o)| match o {
-            Outcome::Rate { note, .. } if !note.is_empty() => Some(format!("{who}: {note}")),
+            Outcome::Rate { note, .. } | Outcome::Latency { note, .. } if !note.is_empty() => {
+                Some(format!("{who}: {note}"))
+            }
             Outcome::Failed(e) => Some(format!("{who} failed: {e}")),
             _ => None,
         })
