@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use exocom::relay::{E2eOptions, Error, Incoming, MessageOptions, Relay, Responder};
+use exocom::relay::{E2eOptions, Error, ErrorKind, Incoming, MessageOptions, Relay, Responder};
 use exocom::tls::IdentityDir;
 use futures_util::StreamExt;
 use futures_util::future::Either;
@@ -214,6 +214,9 @@ fn payload(len: usize) -> Bytes {
 }
 
 /// Sends `n` messages keeping `window` in flight; returns a note on errors.
+/// A send the router refuses because the receiver's queue is full is sent
+/// again after a millisecond, as the error asks ("retry later"): the
+/// sender then runs at the receiver's pace instead of losing messages.
 async fn pump(
     relay: &Relay,
     name: &str,
@@ -225,7 +228,7 @@ async fn pump(
 ) -> String {
     let opts = MessageOptions::new();
     let mut inflight = FuturesUnordered::new();
-    let (mut issued, mut errors) = (0u64, 0u64);
+    let (mut issued, mut errors, mut retried) = (0u64, 0u64, 0u64);
     let mut first: Option<String> = None;
     while issued < n || !inflight.is_empty() {
         while issued < n && inflight.len() < window {
@@ -238,6 +241,11 @@ async fn pump(
         }
         match inflight.next().await {
             Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == ErrorKind::QueueFull => {
+                issued -= 1;
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             Some(Err(e)) => {
                 errors += 1;
                 first.get_or_insert_with(|| e.to_string());
@@ -248,8 +256,13 @@ async fn pump(
             break;
         }
     }
-    match first {
+    let mut note = match first {
         None => String::new(),
         Some(e) => format!("{errors} sends refused (first: {e})"),
+    };
+    if retried > 0 {
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!("{note}{sep}{retried} sends retried after \"queue full\"");
     }
+    note
 }

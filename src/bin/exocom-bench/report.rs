@@ -21,6 +21,9 @@ pub struct Row {
     pub fwd: Option<f64>,
     /// Notes from each system.
     pub notes: Vec<String>,
+    /// Systems that did not finish the workload in the time bound: their
+    /// rate covers the whole bound and compares with nothing.
+    pub incomplete: Vec<&'static str>,
 }
 
 impl Row {
@@ -35,8 +38,12 @@ impl Row {
         Some(if self.lower_is_better { f / o } else { o / f })
     }
 
-    /// Whether the row meets the goal (None when a figure is missing).
+    /// Whether the row meets the goal (None when a figure is missing or a
+    /// system did not finish).
     pub fn meets_goal(&self) -> Option<bool> {
+        if !self.incomplete.is_empty() {
+            return None;
+        }
         let nats_ok = self.vs_nats().map(|r| if self.lower_is_better { r <= 1.0 } else { r >= 1.0 });
         let fwd_ok = self.vs_fwd().map(|r| r >= 0.7);
         match (nats_ok, fwd_ok) {
@@ -62,6 +69,11 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
         Outcome::Latency { p50, p99, p999, .. } => Some([*p50, *p99, *p999][k]),
         _ => None,
     };
+    let incomplete: Vec<&'static str> = [("ours", ours), ("nats", nats), ("fwd", fwd)]
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Rate { done, wanted, .. } if done < wanted))
+        .map(|(who, _)| *who)
+        .collect();
     let is_latency = [ours, nats, fwd].iter().any(|o| matches!(o, Outcome::Latency { .. }));
     if is_latency {
         return ["p50", "p99", "p99.9"]
@@ -75,6 +87,7 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
                 nats: lat(nats, k),
                 fwd: lat(fwd, k),
                 notes: if k == 0 { notes.clone() } else { Vec::new() },
+                incomplete: Vec::new(),
             })
             .collect();
     }
@@ -90,6 +103,7 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
         nats: rate(nats),
         fwd: rate(fwd),
         notes,
+        incomplete,
     }]
 }
 
@@ -112,9 +126,12 @@ pub fn markdown(rows: &[Row]) -> String {
     );
     for r in rows {
         let goal = match r.meets_goal() {
-            Some(true) => "met",
-            Some(false) => "**not met**",
-            None => "–",
+            Some(true) => "met".to_string(),
+            Some(false) => "**not met**".to_string(),
+            None if !r.incomplete.is_empty() => {
+                format!("not comparable: {} incomplete", r.incomplete.join(", "))
+            }
+            None => "–".to_string(),
         };
         let _ = writeln!(
             out,
