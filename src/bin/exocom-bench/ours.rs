@@ -45,8 +45,12 @@ pub struct Ours {
 impl Ours {
     fn builder(&self, service: &str) -> exocom::relay::RelayBuilder {
         let identity = IdentityDir::new(cert_dir(&self.dir, service));
+        // No circuit breaker: `pump` answers "queue full" by sending again a
+        // millisecond later, which the breaker would otherwise count as a
+        // failing path and fail fast for its cool-down.
         let b = Relay::builder(self.addr.to_string(), identity.clone())
             .request_timeout(Duration::from_secs(30))
+            .circuit_breaker(0, Duration::ZERO)
             .prefetch(PREFETCH);
         if self.seal { b.end_to_end(E2eOptions::new(&identity, self.dir.join("policy.toml"))) } else { b }
     }
