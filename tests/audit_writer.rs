@@ -293,3 +293,33 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
 async fn a_full_disk_with_fail_open_keeps_accepting_and_records_the_gap() {
     disk_full(true).await;
 }
+
+#[test]
+fn a_writer_left_without_shutdown_closes_the_log_by_itself() {
+    // A library user may drop the runtime and every handle without
+    // triggering shutdown: the writer thread must not linger, and the log
+    // must still end with log_stop and a final checkpoint.
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = keypair(tmp.path());
+    let log = tmp.path().join("audit.jsonl");
+    let mut c = config(&log, &key);
+    c.checkpoint_interval = Duration::from_millis(50);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (_trigger, shutdown) = exocom::shutdown::channel();
+        let (handle, _task) = exocom::audit::start(c, shutdown).unwrap();
+        handle.record(send(1)).unwrap().await.unwrap();
+    });
+    drop(rt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("\"event\":\"log_stop\"") {
+            let last = text.lines().last().unwrap();
+            assert!(last.contains("\"event\":\"audit_checkpoint\""), "{last}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no log_stop within 10 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

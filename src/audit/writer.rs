@@ -1,4 +1,4 @@
-//! The writer task: the only code that appends to the audit log.
+//! The writer: the only code that appends to the audit log.
 //!
 //! Callers push [`Record`]s into a bounded queue through an [`AuditHandle`]
 //! without blocking or awaiting (a std mutex held for a `Vec::push`, and a
@@ -43,10 +43,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How much of a file's end is read to find its last line when resuming.
 const TAIL_WINDOW: u64 = 1 << 20;
 
-/// Starts the writer task. Opens (or continues) the log at `config.path`,
+/// Starts the writer thread. Opens (or continues) the log at `config.path`,
 /// writes `log_start` and a checkpoint, and returns the handle callers record
-/// through. On shutdown the task drains the queue, writes `log_stop` and a
-/// final checkpoint, fsyncs and ends.
+/// through and a task that ends when the writer has. On shutdown the writer
+/// drains the queue, writes `log_stop` and a final checkpoint, fsyncs and
+/// ends; it does the same by itself once every handle, ticket and the task
+/// are dropped.
 ///
 /// Must be called inside a Tokio runtime.
 pub fn start(
@@ -72,8 +74,8 @@ pub fn start(
     std::thread::Builder::new()
         .name("exocom-audit".into())
         .spawn(move || {
-            let _closed = CloseOnExit(thread_shared.clone());
-            run(writer, &thread_shared, interval);
+            let guard = CloseOnExit(thread_shared);
+            run(writer, &guard.0, interval);
             let _ = done_tx.send(());
         })
         .map_err(|e| AuditError::Io { path: config.path.clone(), source: e })?;
@@ -906,7 +908,6 @@ impl Clock {
     }
 }
 
-/// Runs `job` on the blocking pool; gives the writer back (None if the pool lost it).
 /// Closes the log if the writer thread ends by a panic, so no ticket waits
 /// forever and new records are refused.
 struct CloseOnExit(Arc<Shared>);
@@ -921,8 +922,10 @@ impl Drop for CloseOnExit {
     }
 }
 
-/// The writer thread's loop, until a stop is asked for.
-fn run(mut writer: Writer, shared: &Shared, interval: Duration) {
+/// The writer thread's loop, until a stop is asked for or nothing but this
+/// thread holds the log any more (the runtime and every handle were dropped
+/// without a shutdown): then it drains and closes as on a stop.
+fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     let interval = interval.max(Duration::from_millis(1));
     let mut backoff = MIN_BACKOFF;
     let mut retry_at: Option<Instant> = None;
@@ -937,7 +940,7 @@ fn run(mut writer: Writer, shared: &Shared, interval: Duration) {
         if let Some(t) = retry_at {
             deadline = deadline.min(t);
         }
-        if shared.wait(deadline) {
+        if shared.wait(deadline) || Arc::strong_count(shared) == 1 {
             break;
         }
         let now = Instant::now();
