@@ -210,6 +210,31 @@ fn processed_messages_are_replays_but_unprocessed_redeliveries_pass() {
     assert!(matches!(w.todos.open(&deliver(&sealed, "todos", false), now_ms()), Err(OpenError::Replay)));
 }
 
+/// The residual SECURITY.md states: replay state is per instance and in
+/// memory, so a router that replays a processed message (with its grant) to
+/// another instance of the service, or to the same instance after a
+/// restart, gets it opened again within the message's expiry. Expiry is
+/// what bounds it.
+#[test]
+fn replay_state_is_per_instance_and_bounded_by_expiry() {
+    let mut w = world();
+    let sealed = w.seal(header("todos.create"), b"x");
+    let d = deliver(&sealed, "todos", true);
+    let opened = w.todos.open(&d, now_ms()).unwrap();
+    w.todos.mark_processed(&opened.header);
+    assert!(matches!(w.todos.open(&d, now_ms()), Err(OpenError::Replay)));
+    let mut other_instance =
+        Opener::new(w.todos_key.clone(), TODOS, w.ca.anchors(), web_may_send, OpenerConfig::default());
+    assert!(
+        other_instance.open(&d, now_ms()).is_ok(),
+        "a second instance (or a restart) has no replay state"
+    );
+    let after_expiry = now_ms() + 60_000 + OpenerConfig::default().skew_ms + 1;
+    let mut restarted =
+        Opener::new(w.todos_key.clone(), TODOS, w.ca.anchors(), web_may_send, OpenerConfig::default());
+    assert!(matches!(restarted.open(&d, after_expiry), Err(OpenError::Expired { .. })));
+}
+
 #[test]
 fn replay_window_refuses_sequence_numbers_below_it() {
     let mut w = world();
