@@ -209,17 +209,30 @@ impl ReplyOpener {
     /// Opens one reply. Replies of a stream must arrive in order.
     pub fn open(&mut self, deliver: &Deliver, now_ms: u64) -> Result<OpenedReply, OpenError> {
         let header = decode_header(&deliver.header)?;
+        let plaintext = self.open_decoded(deliver, &header, now_ms)?;
+        Ok(OpenedReply { stream_seq: header.stream_seq, last: header.stream_final, header, plaintext })
+    }
+
+    /// [`ReplyOpener::open`] for a caller that has already decoded
+    /// `deliver.header` (`header` must be exactly that decoding); gives the
+    /// application payload.
+    pub fn open_decoded(
+        &mut self,
+        deliver: &Deliver,
+        header: &RoutingHeader,
+        now_ms: u64,
+    ) -> Result<Bytes, OpenError> {
         if header.seal != SEAL_V1 {
             return Err(OpenError::NotSealed);
         }
         if header.kind != Kind::Reply as i32 || header.response_to != self.command_id {
             return Err(OpenError::WrongCommand);
         }
-        check_sender(&header, deliver)?;
+        check_sender(header, deliver)?;
         if header.seq != header.stream_seq {
             return Err(OpenError::MalformedHeader("seq must equal stream_seq".into()));
         }
-        let epoch = epoch_of(&header)?;
+        let epoch = epoch_of(header)?;
         let slot = (header.sender.clone(), epoch);
         let (aead, prefix) = match self.streams.get(&slot) {
             Some(s) => (None, s.prefix),
@@ -258,12 +271,7 @@ impl ReplyOpener {
         }
         stream.next += 1;
         stream.ended = header.stream_final;
-        Ok(OpenedReply {
-            stream_seq: header.stream_seq,
-            last: header.stream_final,
-            header,
-            plaintext: Bytes::from(plain).slice(at..),
-        })
+        Ok(Bytes::from(plain).slice(at..))
     }
 
     /// Whether some replier's stream has ended with its final reply.

@@ -452,8 +452,8 @@ impl fmt::Debug for SealedReplies {
 }
 
 impl ReplyOpening for SealedReplies {
-    fn open(&mut self, deliver: &Deliver, _header: &RoutingHeader) -> Result<Bytes, CodecError> {
-        self.opener.open(deliver, now_ms()).map(|r| r.plaintext).map_err(rejected)
+    fn open(&mut self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError> {
+        self.opener.open_decoded(deliver, header, now_ms()).map_err(rejected)
     }
 
     fn finish(&self) -> Result<(), CodecError> {
