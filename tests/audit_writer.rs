@@ -28,7 +28,10 @@ async fn many_records_take_few_writes() {
     }
     let after = handle.stats();
     assert_eq!(after.records - before.records, 10_000);
-    assert!(after.writes - before.writes <= 5, "{before:?} -> {after:?}");
+    // The writer runs beside the producer and takes whatever queued while
+    // it wrote the last batch: no syscall per record, however the two
+    // threads happen to be scheduled.
+    assert!(after.writes - before.writes <= 100, "{before:?} -> {after:?}");
     trigger.trigger();
     task.await.unwrap();
 }
