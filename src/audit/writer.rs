@@ -223,7 +223,12 @@ impl std::future::Future for Ticket {
                 if settled.closed {
                     return Poll::Ready(Err(AuditError::Unavailable));
                 }
-                if !settled.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                // Only the last entry is compared: every pending ticket in a
+                // `FuturesUnordered` has a waker of its own, so a scan of the
+                // whole list (one entry per pending ticket) found nothing and
+                // made a batch of n tickets cost n² comparisons. A ticket
+                // polled again before the next settle is the case this catches.
+                if !settled.wakers.last().is_some_and(|w| w.will_wake(cx.waker())) {
                     settled.wakers.push(cx.waker().clone());
                 }
                 Poll::Pending
