@@ -29,9 +29,32 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SEC)
 }
 
-/// Runs `work`, then adds to the outcome's note the CPU the server
-/// (`server_pid`, if any) and this process spent per unit done.
-pub async fn measured(server_pid: Option<u32>, work: impl Future<Output = Outcome>) -> Outcome {
+/// CPU microseconds per unit of work of one workload on one system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    /// The server process (router, nats-server or forwarder).
+    pub server: Option<f64>,
+    /// This process: every client of the workload.
+    pub clients: Option<f64>,
+}
+
+impl Cpu {
+    /// "server 12.2 + clients 15.8" (what is known of it).
+    pub fn show(&self) -> String {
+        let part = |who: &str, v: Option<f64>| v.map(|us| format!("{who} {us:.1}"));
+        let parts: Vec<String> =
+            [part("server", self.server), part("clients", self.clients)].into_iter().flatten().collect();
+        parts.join(" + ")
+    }
+}
+
+/// Runs `work` and measures the CPU the server (`server_pid`, if any) and
+/// this process spent per unit it did (messages, deliveries or round trips,
+/// warm-up included); `None` when nothing was done or nothing could be read.
+pub async fn measured(
+    server_pid: Option<u32>,
+    work: impl Future<Output = Outcome>,
+) -> (Outcome, Option<Cpu>) {
     let server = server_pid.map(|p| p.to_string());
     let before = (server.as_deref().and_then(cpu_secs), cpu_secs("self"));
     let outcome = work.await;
@@ -42,26 +65,10 @@ pub async fn measured(server_pid: Option<u32>, work: impl Future<Output = Outcom
         _ => 0,
     };
     if units == 0 {
-        return outcome;
+        return (outcome, None);
     }
     let per_unit = |b: Option<f64>, a: Option<f64>| Some((a? - b?) * 1e6 / units as f64);
-    let parts: Vec<String> =
-        [("server", per_unit(before.0, after.0)), ("clients", per_unit(before.1, after.1))]
-            .into_iter()
-            .filter_map(|(who, us)| us.map(|us| format!("{who} {us:.1}")))
-            .collect();
-    if parts.is_empty() {
-        return outcome;
-    }
-    let add = |note: String| {
-        let sep = if note.is_empty() { "" } else { "; " };
-        format!("{note}{sep}CPU µs per unit: {}", parts.join(", "))
-    };
-    match outcome {
-        Outcome::Rate { per_s, done, wanted, note } => Outcome::Rate { per_s, done, wanted, note: add(note) },
-        Outcome::Latency { p50, p99, p999, n, total, note } => {
-            Outcome::Latency { p50, p99, p999, n, total, note: add(note) }
-        }
-        o => o,
-    }
+    let cpu = Cpu { server: per_unit(before.0, after.0), clients: per_unit(before.1, after.1) };
+    let known = cpu.server.is_some() || cpu.clients.is_some();
+    (outcome, known.then_some(cpu))
 }

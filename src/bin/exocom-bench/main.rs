@@ -173,28 +173,28 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
         for &conns in variants {
             let label = if w == "w4" { format!("{label}, {conns} conn") } else { label.to_string() };
             eprintln!("== {label}");
-            let o = if want("ours") {
+            let (o, oc) = if want("ours") {
                 cpu::measured(Some(router.pid()), async { settle(ours_run(&ours, plan, w, conns).await) })
                     .await
             } else {
-                skip()
+                (skip(), None)
             };
-            eprintln!("   ours: {}", show(&o));
-            let n = match &nats_server {
+            eprintln!("   ours: {}", show(&o, oc));
+            let (n, nc) = match &nats_server {
                 Some(ns) => {
                     cpu::measured(Some(ns.pid()), async { settle(nats_run(ns, plan, w, conns).await) }).await
                 }
-                None => skip(),
+                None => (skip(), None),
             };
-            eprintln!("   nats: {}", show(&n));
-            let f = if want("fwd") {
+            eprintln!("   nats: {}", show(&n, nc));
+            let (f, fc) = if want("fwd") {
                 cpu::measured(Some(forwarder.pid()), async { settle(fwd_run(&fwd, plan, w, conns).await) })
                     .await
             } else {
-                skip()
+                (skip(), None)
             };
-            eprintln!("   fwd:  {}", show(&f));
-            rows.extend(report::rows(&label, unit, &o, &n, &f));
+            eprintln!("   fwd:  {}", show(&f, fc));
+            rows.extend(report::rows(&label, unit, [&o, &n, &f], [oc, nc, fc]));
         }
     }
     drop(nats_server);
@@ -215,15 +215,17 @@ fn settle(r: Result<Outcome>) -> Outcome {
     r.unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
 }
 
-fn show(o: &Outcome) -> String {
-    match o {
-        Outcome::Latency { p50, p99, p999, n, note, .. } => {
-            format!("p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs ({n}) {note}")
+fn show(o: &Outcome, cpu: Option<cpu::Cpu>) -> String {
+    let cpu = cpu.map(|c| format!("; CPU µs per unit: {}", c.show())).unwrap_or_default();
+    let text = match o {
+        Outcome::Latency { p50, p99, p999, n, .. } => {
+            format!("p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs ({n})")
         }
         Outcome::Rate { per_s, done, wanted, note } => format!("{per_s:.0}/s ({done}/{wanted}) {note}"),
         Outcome::NotApplicable(why) => format!("n/a ({why})"),
         Outcome::Failed(e) => format!("FAILED: {e}"),
-    }
+    };
+    format!("{}{cpu}", text.trim_end())
 }
 
 const MB: f64 = 1_000_000.0;

@@ -67,8 +67,6 @@ pub enum Outcome {
         n: u64,
         /// Round trips made in all, warm-up included (what CPU time is divided by).
         total: u64,
-        /// Anything the reader must know.
-        note: String,
     },
     /// A rate.
     Rate {
@@ -107,14 +105,7 @@ impl Outcome {
         }
         samples.sort_by(f64::total_cmp);
         let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        Outcome::Latency {
-            p50: at(0.50),
-            p99: at(0.99),
-            p999: at(0.999),
-            n: samples.len() as u64,
-            total,
-            note: String::new(),
-        }
+        Outcome::Latency { p50: at(0.50), p99: at(0.99), p999: at(0.999), n: samples.len() as u64, total }
     }
 }
 

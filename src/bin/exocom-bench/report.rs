@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::cpu::Cpu;
 use crate::measure::Outcome;
 
 /// One metric of one workload, for the three systems.
@@ -24,6 +25,9 @@ pub struct Row {
     /// Systems that did not finish the workload in the time bound: their
     /// rate covers the whole bound and compares with nothing.
     pub incomplete: Vec<&'static str>,
+    /// CPU per unit of work of ours, nats-server and the forwarder (on the
+    /// first row of a workload only).
+    pub cpu: [Option<Cpu>; 3],
 }
 
 impl Row {
@@ -53,14 +57,14 @@ impl Row {
     }
 }
 
-/// Rows for one outcome triple. Latency outcomes give three rows.
-pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, fwd: &Outcome) -> Vec<Row> {
+/// Rows for one outcome triple (ours, nats-server, forwarder) and their CPU
+/// per unit. Latency outcomes give three rows.
+pub fn rows(workload: &str, unit: &'static str, outcomes: [&Outcome; 3], cpu: [Option<Cpu>; 3]) -> Vec<Row> {
+    let [ours, nats, fwd] = outcomes;
     let notes: Vec<String> = [("ours", ours), ("nats", nats), ("fwd", fwd)]
         .iter()
         .filter_map(|(who, o)| match o {
-            Outcome::Rate { note, .. } | Outcome::Latency { note, .. } if !note.is_empty() => {
-                Some(format!("{who}: {note}"))
-            }
+            Outcome::Rate { note, .. } if !note.is_empty() => Some(format!("{who}: {note}")),
             Outcome::Failed(e) => Some(format!("{who} failed: {e}")),
             _ => None,
         })
@@ -88,6 +92,7 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
                 fwd: lat(fwd, k),
                 notes: if k == 0 { notes.clone() } else { Vec::new() },
                 incomplete: Vec::new(),
+                cpu: if k == 0 { cpu } else { [None; 3] },
             })
             .collect();
     }
@@ -104,7 +109,17 @@ pub fn rows(workload: &str, unit: &'static str, ours: &Outcome, nats: &Outcome, 
         fwd: rate(fwd),
         notes,
         incomplete,
+        cpu,
     }]
+}
+
+/// What CPU time is divided by, for a row's unit.
+fn unit_of_work(unit: &str) -> &'static str {
+    match unit {
+        "deliveries/s" => "delivery",
+        "round trips/s" | "µs" => "round trip",
+        _ => "message",
+    }
 }
 
 fn fig(v: Option<f64>) -> String {
@@ -145,6 +160,24 @@ pub fn markdown(rows: &[Row]) -> String {
             ratio(r.vs_fwd()),
             goal
         );
+    }
+    if rows.iter().any(|r| r.cpu.iter().any(Option::is_some)) {
+        out.push_str(
+            "\nCPU µs per unit of work (server process + all clients), from /proc:\n\n\
+             | workload | per | ours | nats-server | forwarder |\n|---|---|---:|---:|---:|\n",
+        );
+        for r in rows.iter().filter(|r| r.cpu.iter().any(Option::is_some)) {
+            let cell = |c: &Option<Cpu>| c.map_or("–".to_string(), |c| c.show());
+            let workload = r.workload.trim_end_matches(" p50");
+            let _ = writeln!(
+                out,
+                "| {workload} | {} | {} | {} | {} |",
+                unit_of_work(r.unit),
+                cell(&r.cpu[0]),
+                cell(&r.cpu[1]),
+                cell(&r.cpu[2])
+            );
+        }
     }
     let notes: Vec<&String> = rows.iter().flat_map(|r| &r.notes).collect();
     if !notes.is_empty() {
