@@ -5,7 +5,7 @@
 //! wall-clock rate alone, says where a system's time goes.
 //!
 //! Read from `/proc/<pid>/stat` (user + system time of the whole process, in
-//! clock ticks of 1/100 s, Linux's fixed `USER_HZ`), so a workload must run
+//! clock ticks of 1/100 s, Linux's `USER_HZ` on x86 and ARM), so a workload must run
 //! for a second or more for the figure to mean much. Elsewhere it reads
 //! nothing and the figures are left out.
 
@@ -13,8 +13,8 @@ use std::future::Future;
 
 use crate::measure::Outcome;
 
-/// Linux reports process times in `USER_HZ` ticks, 100 per second on every
-/// architecture.
+/// Linux reports process times in `USER_HZ` ticks: 100 per second on x86
+/// and ARM, whatever the kernel's own tick rate.
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU seconds of process `pid` so far.
