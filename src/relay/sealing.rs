@@ -315,11 +315,6 @@ impl PayloadCodec for E2e {
     }
 
     fn accepted(&self, sent: &SealedPayload) {
-        // Only a send that carried grants can confirm them; most carry none
-        // (the epoch's grants were confirmed by an earlier send).
-        if sent.grants.is_empty() {
-            return;
-        }
         if let Ok(header) = decode_header(&sent.header) {
             lock(&self.sealer).confirm_grants(&header.name, &header.epoch);
         }

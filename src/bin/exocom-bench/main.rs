@@ -157,7 +157,6 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
         nats_server.as_ref().map(|n| format!(", nats-server pid {}", n.pid())).unwrap_or_default()
     );
 
-    let skip = || Outcome::NotApplicable("not run");
     let mut rows = Vec::new();
     for w in &cli.only {
         let (label, unit): (&str, &'static str) = match w.as_str() {
@@ -173,27 +172,18 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
         for &conns in variants {
             let label = if w == "w4" { format!("{label}, {conns} conn") } else { label.to_string() };
             eprintln!("== {label}");
-            let (o, oc) = if want("ours") {
-                cpu::measured(Some(router.pid()), async { settle(ours_run(&ours, plan, w, conns).await) })
-                    .await
-            } else {
-                (skip(), None)
-            };
-            eprintln!("   ours: {}", show(&o, oc));
-            let (n, nc) = match &nats_server {
-                Some(ns) => {
-                    cpu::measured(Some(ns.pid()), async { settle(nats_run(ns, plan, w, conns).await) }).await
+            let ours_pid = want("ours").then(|| router.pid());
+            let (o, oc) = system("ours", ours_pid, ours_run(&ours, plan, w, conns)).await;
+            let nats_pid = nats_server.as_ref().map(nats::Nats::pid);
+            let nats_work = async {
+                match &nats_server {
+                    Some(ns) => nats_run(ns, plan, w, conns).await,
+                    None => Ok(Outcome::NotApplicable("not run")),
                 }
-                None => (skip(), None),
             };
-            eprintln!("   nats: {}", show(&n, nc));
-            let (f, fc) = if want("fwd") {
-                cpu::measured(Some(forwarder.pid()), async { settle(fwd_run(&fwd, plan, w, conns).await) })
-                    .await
-            } else {
-                (skip(), None)
-            };
-            eprintln!("   fwd:  {}", show(&f, fc));
+            let (n, nc) = system("nats", nats_pid, nats_work).await;
+            let fwd_pid = want("fwd").then(|| forwarder.pid());
+            let (f, fc) = system("fwd", fwd_pid, fwd_run(&fwd, plan, w, conns)).await;
             rows.extend(report::rows(&label, unit, [&o, &n, &f], [oc, nc, fc]));
         }
     }
@@ -209,6 +199,21 @@ async fn run_in(cli: &Cli, plan: &Plan, dir: &Path) -> Result<()> {
     std::fs::write(cli.out.join("bench.svg"), report::svg(&rows, &title))?;
     println!("wrote {} and {}", cli.out.join("bench.md").display(), cli.out.join("bench.svg").display());
     Ok(())
+}
+
+/// Runs one system's workload, unless it is not running (`server_pid` is
+/// `None`), measures its CPU per unit and prints the line for `who`.
+async fn system(
+    who: &str,
+    server_pid: Option<u32>,
+    work: impl std::future::Future<Output = Result<Outcome>>,
+) -> (Outcome, Option<cpu::Cpu>) {
+    let (outcome, cpu) = match server_pid {
+        Some(pid) => cpu::measured(Some(pid), async { settle(work.await) }).await,
+        None => (Outcome::NotApplicable("not run"), None),
+    };
+    eprintln!("   {:<6}{}", format!("{who}:"), show(&outcome, cpu));
+    (outcome, cpu)
 }
 
 fn settle(r: Result<Outcome>) -> Outcome {

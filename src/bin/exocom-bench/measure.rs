@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 /// Message counts and the time bound of one run.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -144,6 +146,12 @@ pub fn spread(counts: &[u64]) -> String {
     let each: Vec<String> = counts.iter().map(u64::to_string).collect();
     let ratio = if min == 0 { "inf".to_string() } else { format!("{:.2}", max as f64 / min as f64) };
     format!("per instance {}; max/min {ratio}", each.join("/"))
+}
+
+/// A one-way payload of exactly `len` bytes, sent as they are: the same
+/// bytes from our relays (`send_bytes`) and the NATS clients.
+pub fn raw_payload(len: usize) -> Bytes {
+    Bytes::from(vec![b'x'; len])
 }
 
 /// A payload of exactly `len` bytes as our relay sends it: a JSON string

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::measure::{Counter, Outcome, Plan, sequential_latency, spread};
+use crate::measure::{Counter, Outcome, Plan, raw_payload, sequential_latency, spread};
 use crate::setup::{cert_dir, free_port, spiffe};
 
 /// Per-user permissions: (service, may publish, may subscribe, may answer requests).
@@ -161,7 +161,7 @@ impl Nats {
     pub async fn w1(&self, plan: &Plan) -> Result<Outcome> {
         let _echo = self.echo().await?;
         let load = self.client("load").await?;
-        let payload = Bytes::from(vec![b'x'; 256]);
+        let payload = raw_payload(256);
         sequential_latency(plan, async || {
             load.request("bench.echo", payload.clone()).await?;
             Ok(())
@@ -183,7 +183,7 @@ impl Nats {
         let n = plan.n(full);
         let deadline = plan.deadline();
         let start = Instant::now();
-        publish(&load, subject, Bytes::from(vec![b'x'; len]), n, deadline).await?;
+        publish(&load, subject, raw_payload(len), n, deadline).await?;
         let done = Counter::wait_all(std::slice::from_ref(&got), n, deadline).await;
         Ok((done, n, start.elapsed(), String::new()))
     }
@@ -199,7 +199,7 @@ impl Nats {
         let n = plan.n(250_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        publish(&load, "bench.fan", Bytes::from(vec![b'x'; 256]), n, deadline).await?;
+        publish(&load, "bench.fan", raw_payload(256), n, deadline).await?;
         let done = Counter::wait_all(&counters, 4 * n, deadline).await;
         Ok(Outcome::rate(done, 4 * n, start.elapsed(), String::new()))
     }
@@ -215,7 +215,7 @@ impl Nats {
         for _ in 0..conns {
             loads.push(self.client("load").await?);
         }
-        let payload = Bytes::from(vec![b'x'; 256]);
+        let payload = raw_payload(256);
         let start = Instant::now();
         let runs = loads.iter().map(|load| {
             let payload = payload.clone();
@@ -250,7 +250,7 @@ impl Nats {
         let n = plan.n(1_000_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        publish(&load, "bench.work", Bytes::from(vec![b'x'; 256]), n, deadline).await?;
+        publish(&load, "bench.work", raw_payload(256), n, deadline).await?;
         let done = Counter::wait_all(&counters, n, deadline).await;
         let counts: Vec<u64> = counters.iter().map(Counter::get).collect();
         Ok(Outcome::rate(done, n, start.elapsed(), spread(&counts)))

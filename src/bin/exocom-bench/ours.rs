@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 
-use crate::measure::{Counter, Outcome, Plan, json_text, sequential_latency, spread};
+use crate::measure::{Counter, Outcome, Plan, json_text, raw_payload, sequential_latency, spread};
 use crate::setup::cert_dir;
 
 /// Sends in flight per sending relay in the throughput workloads.
@@ -112,7 +112,7 @@ impl Ours {
         let n = plan.n(full);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, name, payload(len), n, self.window, deadline, false).await;
+        let errors = pump(&load, name, raw_payload(len), n, self.window, deadline, false).await;
         let done = Counter::wait_all(std::slice::from_ref(&got), n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -131,7 +131,7 @@ impl Ours {
         let n = plan.n(250_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let mut errors = pump(&load, "bench.fan", payload(256), n, self.window, deadline, true).await;
+        let mut errors = pump(&load, "bench.fan", raw_payload(256), n, self.window, deadline, true).await;
         let done = Counter::wait_all(&counters, 4 * n, deadline).await;
         let elapsed = start.elapsed();
         if done < 4 * n {
@@ -198,7 +198,7 @@ impl Ours {
         let n = plan.n(1_000_000);
         let deadline = plan.deadline();
         let start = Instant::now();
-        let errors = pump(&load, "bench.work", payload(256), n, self.window, deadline, false).await;
+        let errors = pump(&load, "bench.work", raw_payload(256), n, self.window, deadline, false).await;
         let done = Counter::wait_all(&counters, n, deadline).await;
         let elapsed = start.elapsed();
         load.close().await;
@@ -209,12 +209,6 @@ impl Ours {
         let note = if errors.is_empty() { spread(&counts) } else { format!("{}; {errors}", spread(&counts)) };
         Ok(Outcome::rate(done, n, elapsed, note))
     }
-}
-
-/// The one-way payload: `len` bytes sent as they are, the bytes the NATS
-/// clients publish.
-fn payload(len: usize) -> Bytes {
-    Bytes::from(vec![b'x'; len])
 }
 
 /// Sends `n` messages keeping `window` in flight; returns a note on errors.
