@@ -41,7 +41,7 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a reader; frames over `max_frame` bytes are refused.
     pub fn new(inner: R, max_frame: usize) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(16 * 1024), max_frame }
+        Self { inner, buf: BytesMut::with_capacity(SMALL_FRAME), max_frame }
     }
 
     /// The next frame; `Ok(None)` when the peer closed cleanly between frames.
@@ -83,9 +83,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 self.buf.reserve(missing.min(PREALLOCATE_MAX));
             }
-        } else if spare < 4096 {
-            // Small frames: read them many at a time.
-            self.buf.reserve(16 * 1024);
+        } else if spare < 4096 && !self.buf.try_reclaim(SMALL_FRAME) {
+            // Small frames are read many at a time into a fresh 16 KiB
+            // buffer, not by growing this one: that would copy it into a
+            // block twice its size or, after a large frame, one as large.
+            let mut fresh = BytesMut::with_capacity(self.buf.len() + SMALL_FRAME);
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
     }
 
