@@ -94,6 +94,8 @@ struct Session<S> {
 struct PendingSend {
     sealed: SealedPayload,
     done: oneshot::Sender<Result<u32, Error>>,
+    /// The caller waits on the request's reply buffer, not on `done`.
+    quiet: bool,
 }
 
 /// The task's state.
@@ -386,12 +388,26 @@ impl<C: Connector> ConnectionTask<C> {
                     if !p.sealed.grants.is_empty() {
                         self.shared.codec.accepted(&p.sealed);
                     }
+                    if p.quiet && a.receivers == 0 {
+                        self.answer_request(&p.sealed, |name| {
+                            Error::new(
+                                ErrorKind::Timeout,
+                                format!("no service received {name}, so no reply will come"),
+                            )
+                        });
+                    }
+                    // The caller of a quiet send never polls `done`, so this wakes no one.
                     let _ = p.done.send(Ok(a.receivers));
                 }
             }
             Some(Body::Error(e)) if e.corr != 0 => {
                 if let Some(p) = self.inflight.remove(&e.corr) {
-                    let _ = p.done.send(Err(Error::from_code(e.code, &e.message)));
+                    let err = Error::from_code(e.code, &e.message);
+                    if p.quiet {
+                        self.answer_request(&p.sealed, |_| err);
+                    } else {
+                        let _ = p.done.send(Err(err));
+                    }
                 }
             }
             Some(Body::Error(e)) => return Err(SessionEnd::Lost(Error::from_code(e.code, &e.message))),
@@ -529,6 +545,16 @@ impl<C: Connector> ConnectionTask<C> {
         }
     }
 
+    /// Puts the router's refusal of a quiet request into its reply buffer,
+    /// where its caller waits.
+    fn answer_request(&self, sent: &SealedPayload, err: impl FnOnce(&str) -> Error) {
+        let Ok(header) = decode_header(&sent.header) else { return };
+        let Ok(id) = <MessageId>::try_from(&header.id[..]) else { return };
+        if let Some(sink) = self.shared.lock_replies().get(&id) {
+            let _ = sink.tx.try_send(Err(err(&header.name)));
+        }
+    }
+
     async fn on_command(
         &mut self,
         command: Command,
@@ -537,13 +563,13 @@ impl<C: Connector> ConnectionTask<C> {
     ) -> Result<(), SessionEnd> {
         match command {
             Command::Frame(body) => push(out, body).await?,
-            Command::Send { sealed, done } => {
+            Command::Send { sealed, done, quiet } => {
                 if done.is_closed() {
                     return Ok(());
                 }
                 let corr = self.next_corr;
                 self.next_corr += 1;
-                let pending = PendingSend { sealed, done };
+                let pending = PendingSend { sealed, done, quiet };
                 let frame = send_frame(corr, &pending);
                 self.inflight.insert(corr, pending);
                 out.send(frame).await.map_err(|_| writer_gone())?;

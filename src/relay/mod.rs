@@ -258,35 +258,53 @@ impl Relay {
     pub async fn request_one<T: Serialize + ?Sized>(&self, name: &str, payload: &T) -> Result<Reply, Error> {
         let shared = &self.inner.shared;
         let opts = MessageOptions::new();
-        let (permit, sink, mut receiver) = self.begin_request(name)?;
+        let (permit, sink, receiver) = self.begin_request(name)?;
         let outbound = request_outbound(name, to_json(payload)?, &opts, sink);
-        let submit = shared.submit(outbound);
-        tokio::pin!(submit);
-        let early = tokio::select! {
-            biased;
-            submitted = &mut submit => {
-                let mut replies = self.replies_after(name, &opts, submitted, receiver, permit)?;
-                return first_reply(replies.next().await, name);
-            }
-            early = receiver.recv() => early,
+        // Sealed and queued; the router's answer is not awaited: the
+        // connection task puts a refusal, or an acceptance by no service,
+        // into the reply buffer, so this task wakes once, for the reply.
+        let queued = shared.queue(outbound, true).await;
+        let queued = match queued {
+            Ok(queued) => queued,
+            Err(err) => return Err(self.record_failure(name, err)),
         };
-        match early {
+        let mut replies = Replies::new(
+            receiver,
+            Arc::clone(shared),
+            *queued.id.as_bytes(),
+            name.to_owned(),
+            1,
+            queued.timeout,
+            permit,
+        );
+        match replies.next().await {
             Some(Ok(reply)) => {
-                shared.unregister_replies(reply.response_to.as_bytes());
                 shared.breakers.record(name, true);
-                drop(permit);
                 Ok(reply)
             }
-            // An error or a closed buffer: let the acceptance settle, then
-            // report through the usual path (which also unregisters).
-            other => {
-                let mut replies = self.replies_after(name, &opts, submit.await, receiver, permit)?;
-                match other {
-                    Some(Err(err)) => Err(err),
-                    _ => first_reply(replies.next().await, name),
+            Some(Err(err)) if replies.is_finished() => {
+                // The stream's own verdict (timeout, closed, abandoned). A
+                // timeout before the router even answered is reported as such.
+                let mut accepted = queued.accepted;
+                let unanswered =
+                    matches!(accepted.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty));
+                if err.kind() == ErrorKind::Timeout && unanswered {
+                    Err(shared.timeout_error(name, queued.timeout))
+                } else {
+                    Err(err)
                 }
             }
+            // The router's refusal, put into the buffer by the connection task.
+            Some(Err(err)) => Err(self.record_failure(name, err)),
+            // A stream for one receiver ends only after yielding something.
+            None => Err(Error::new(ErrorKind::Timeout, format!("no reply to {name}"))),
         }
+    }
+
+    /// Records a failed send with the circuit breaker and hands the error back.
+    fn record_failure(&self, name: &str, err: Error) -> Error {
+        self.inner.shared.record_error(name, &err);
+        err
     }
 
     /// Checks the circuit and takes a slot for one outstanding request.
@@ -422,13 +440,6 @@ fn request_outbound<'a>(
         replies: Some(sink),
         reply_sealer: None,
     }
-}
-
-/// The first item of a reply stream as `request_one`'s answer.
-fn first_reply(first: Option<Result<Reply, Error>>, name: &str) -> Result<Reply, Error> {
-    first.unwrap_or_else(|| {
-        Err(Error::new(ErrorKind::Timeout, format!("no service received {name}, so no reply will come")))
-    })
 }
 
 fn to_json<T: Serialize + ?Sized>(payload: &T) -> Result<Bytes, Error> {

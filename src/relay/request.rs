@@ -117,13 +117,6 @@ pub(crate) struct ReplyReceiver {
     overflowed: Arc<AtomicBool>,
 }
 
-impl ReplyReceiver {
-    /// The next item the connection task put in the buffer.
-    pub(crate) async fn recv(&mut self) -> Option<Result<Reply, Error>> {
-        self.rx.recv().await
-    }
-}
-
 /// A reply buffer of `capacity` replies: the sink for the connection task,
 /// the receiver for [`Replies`].
 pub(crate) fn reply_channel(capacity: usize) -> (ReplySink, ReplyReceiver) {
@@ -213,6 +206,12 @@ impl Replies {
             all.push(reply?);
         }
         Ok(all)
+    }
+
+    /// Whether the stream has ended (and recorded its outcome with the
+    /// circuit breaker).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
     }
 
     fn finish(&mut self, path_healthy: bool) {

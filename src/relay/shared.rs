@@ -55,7 +55,10 @@ pub(crate) struct SessionState {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Send a message; answer `done` with the receiver count or the refusal.
-    Send { sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>> },
+    /// With `quiet` (a request whose caller waits on its replies alone), a
+    /// refusal, or an acceptance by no service, goes into the request's
+    /// reply buffer instead.
+    Send { sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>>, quiet: bool },
     /// Send one frame (a key query) on the current connection, if any.
     Frame(Body),
     /// A handler finished with the delivery `tag` of connection `generation`.
@@ -78,6 +81,16 @@ pub(crate) struct Outbound<'a> {
     pub(crate) replies: Option<ReplySink>,
     /// For replies: the sealer the codec handed out with the command.
     pub(crate) reply_sealer: Option<&'a Mutex<Box<dyn ReplySealing>>>,
+}
+
+/// A message sealed and queued for the connection task.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) id: Uuid,
+    /// The router's answer: the receiver count or the refusal.
+    pub(crate) accepted: oneshot::Receiver<Result<u32, Error>>,
+    pub(crate) deadline: Instant,
+    pub(crate) timeout: Duration,
 }
 
 /// A message the router accepted.
@@ -122,13 +135,36 @@ impl Shared {
     pub(crate) fn record_outcome<T>(&self, name: &str, result: &Result<T, Error>) {
         match result {
             Ok(_) => self.breakers.record(name, true),
-            Err(e) if e.kind() == ErrorKind::CircuitOpen => {}
-            Err(e) => self.breakers.record(name, !e.is_transient()),
+            Err(e) => self.record_error(name, e),
+        }
+    }
+
+    pub(crate) fn record_error(&self, name: &str, e: &Error) {
+        if e.kind() != ErrorKind::CircuitOpen {
+            self.breakers.record(name, !e.is_transient());
         }
     }
 
     /// Builds, seals and sends one message; resolves when the router accepted it.
     pub(crate) async fn submit(&self, out: Outbound<'_>) -> Result<Submitted, Error> {
+        let name = out.name;
+        let queued = self.queue(out, false).await?;
+        let result = match tokio::time::timeout_at(queued.deadline, queued.accepted).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(self.timeout_error(name, queued.timeout)),
+        };
+        if result.is_err() {
+            // No-op unless replies were registered under this id.
+            self.unregister_replies(queued.id.as_bytes());
+        }
+        result.map(|receivers| Submitted { id: queued.id, receivers })
+    }
+
+    /// Builds, seals and queues one message for the connection task, which
+    /// answers through [`Queued::accepted`] (see [`Command::Send`] for
+    /// `quiet`).
+    pub(crate) async fn queue(&self, out: Outbound<'_>, quiet: bool) -> Result<Queued, Error> {
         validate_name(out.name)?;
         let timeout = out.opts.timeout.unwrap_or(self.settings.request_timeout);
         let deadline = Instant::now() + timeout;
@@ -164,11 +200,17 @@ impl Shared {
             sink.opener = opener;
             self.lock_replies().insert(*id.as_bytes(), sink);
         }
-        let result = self.send_and_wait(out.name, sealed, deadline, timeout).await;
-        if result.is_err() && registered {
+        let (done, accepted) = oneshot::channel();
+        let command = Command::Send { sealed, done, quiet };
+        let err = match tokio::time::timeout_at(deadline, self.commands.send(command)).await {
+            Ok(Ok(())) => return Ok(Queued { id, accepted, deadline, timeout }),
+            Ok(Err(_)) => closed(),
+            Err(_) => self.timeout_error(out.name, timeout),
+        };
+        if registered {
             self.unregister_replies(id.as_bytes());
         }
-        result.map(|receivers| Submitted { id, receivers })
+        Err(err)
     }
 
     /// When the codec lacks a verified key for a service that may receive
@@ -190,27 +232,6 @@ impl Shared {
         }
     }
 
-    async fn send_and_wait(
-        &self,
-        name: &str,
-        sealed: SealedPayload,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<u32, Error> {
-        let (done, accepted) = oneshot::channel();
-        let queued = tokio::time::timeout_at(deadline, self.commands.send(Command::Send { sealed, done }));
-        match queued.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(closed()),
-            Err(_) => return Err(self.timeout_error(name, timeout)),
-        }
-        match tokio::time::timeout_at(deadline, accepted).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(self.timeout_error(name, timeout)),
-        }
-    }
-
     /// Waits until the router has welcomed us once (so our identity is known).
     async fn wait_session(&self, deadline: Instant) -> Result<SessionInfo, Error> {
         let mut state = self.state.clone();
@@ -226,7 +247,7 @@ impl Shared {
 
     /// The error for an operation that ran out of time: the reason we are
     /// disconnected if we are, else a plain timeout.
-    fn timeout_error(&self, name: &str, timeout: Duration) -> Error {
+    pub(crate) fn timeout_error(&self, name: &str, timeout: Duration) -> Error {
         if self.state.borrow().connected {
             Error::new(ErrorKind::Timeout, format!("the router did not accept {name} within {timeout:?}"))
         } else {

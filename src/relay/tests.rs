@@ -90,6 +90,11 @@ impl Peer {
         }
     }
 
+    async fn deny(&mut self, corr: u64, message: &str) {
+        let code = ErrorCode::Denied as i32;
+        self.send(Body::Error(ErrorFrame { corr, code, message: message.into() })).await;
+    }
+
     async fn accept(&mut self, corr: u64, receivers: u32) {
         self.send(Body::Accepted(Accepted { corr, receivers })).await;
     }
@@ -235,12 +240,7 @@ async fn send_resolves_on_accepted_and_a_denial_is_an_error() {
     let r = relay.clone();
     let sending = tokio::spawn(async move { r.send("payments.refund", &1).await });
     let (corr, _, _) = peer.expect_send().await;
-    peer.send(Body::Error(ErrorFrame {
-        corr,
-        code: ErrorCode::Denied as i32,
-        message: "web may not send payments.refund".into(),
-    }))
-    .await;
+    peer.deny(corr, "web may not send payments.refund").await;
     let err = sending.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Denied);
     assert_eq!(err.message(), "web may not send payments.refund");
@@ -376,6 +376,44 @@ async fn silent_requests_time_out_and_open_the_circuit() {
     assert_eq!(err.kind(), ErrorKind::CircuitOpen);
     let err = relay.send("todos.list", &()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::CircuitOpen, "the breaker is per name, for every call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_one_reports_a_refusal_a_missing_receiver_and_a_silent_router() {
+    // request_one does not wait on the acceptance; each of these must still
+    // reach it, through its reply buffer, with the router's reason.
+    let b = builder().request_timeout(Duration::from_secs(2));
+    let (relay, mut peer, _h) = connected(b).await;
+
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move { r.request_one("payments.refund", &1).await });
+    let (corr, _, _) = peer.expect_send().await;
+    peer.deny(corr, "web may not send payments.refund").await;
+    let err = requesting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied);
+    assert_eq!(err.message(), "web may not send payments.refund");
+
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
+    let (corr, _, _) = peer.expect_send().await;
+    peer.accept(corr, 0).await;
+    let err = requesting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.message().contains("no service received todos.list"), "{err}");
+
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
+    let _ = peer.expect_send().await;
+    let err = requesting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.message().contains("did not accept todos.list"), "never accepted: {err}");
+
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
+    let _ = peer.expect_send().await;
+    relay.close().await;
+    let err = requesting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
 }
 
 #[tokio::test(start_paused = true)]
