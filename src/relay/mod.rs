@@ -244,10 +244,12 @@ impl Relay {
     /// No reply in time is [`ErrorKind::Timeout`]; a command no service
     /// receives is [`ErrorKind::Timeout`] too, at once.
     ///
-    /// A reply can arrive before the router's acceptance does (the router
-    /// routes a command at once and confirms it once its audit line is
-    /// written); a reply proves the router routed the command, so it is
-    /// returned at once.
+    /// It waits for the reply alone, not for the router's acceptance: a
+    /// reply can arrive before the acceptance does (the router routes a
+    /// command at once and confirms it once its audit line is written), and
+    /// it proves the router routed the command. A refusal still ends the wait
+    /// with the router's reason, and a timeout before the router answered at
+    /// all says so.
     ///
     /// ```no_run
     /// # async fn demo(relay: exocom::relay::Relay) -> Result<(), exocom::relay::Error> {
