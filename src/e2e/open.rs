@@ -39,7 +39,7 @@ use super::payload::{self, PayloadError};
 use super::replay::{Inbox, ReplayWindow, Seen};
 use super::reply::ReplyKey;
 use super::seal::{message_keys, nonce};
-use super::spiffe::parse_service_id;
+use super::spiffe::split_service_id;
 use super::{E2eError, SEAL_V1};
 use crate::wire::{Deliver, Kind, RoutingHeader};
 
@@ -438,8 +438,8 @@ pub(crate) fn check_sender(header: &RoutingHeader, deliver: &Deliver) -> Result<
         return Err(mismatch());
     }
     if !deliver.sender.is_empty() {
-        let id = parse_service_id(&deliver.sender_id).map_err(|_| mismatch())?;
-        if id.service != deliver.sender {
+        let (_, service) = split_service_id(&deliver.sender_id).map_err(|_| mismatch())?;
+        if service != deliver.sender {
             return Err(mismatch());
         }
     }

@@ -30,6 +30,13 @@ const MAX_LEN: usize = 2048;
 
 /// Parses `spiffe://<td>/svc/<service>`.
 pub fn parse_service_id(id: &str) -> Result<ServiceId, SpiffeError> {
+    let (td, service) = split_service_id(id)?;
+    Ok(ServiceId { trust_domain: td.to_owned(), service: service.to_owned() })
+}
+
+/// Checks `spiffe://<td>/svc/<service>` and borrows its trust domain and
+/// service (no allocation: the relay checks every delivery's sender with it).
+pub fn split_service_id(id: &str) -> Result<(&str, &str), SpiffeError> {
     let fail = |reason| SpiffeError { id: id.chars().take(100).collect(), reason };
     if id.len() > MAX_LEN {
         return Err(fail("longer than 2048 bytes"));
@@ -42,17 +49,22 @@ pub fn parse_service_id(id: &str) -> Result<ServiceId, SpiffeError> {
     if !td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
         return Err(fail("trust domain has characters outside [a-z0-9.-_]"));
     }
-    let segments: Vec<&str> = path.split('/').collect();
-    for seg in &segments {
-        if seg.is_empty() || *seg == "." || *seg == ".." {
+    let mut segments = [""; 2];
+    let mut count = 0;
+    for seg in path.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
             return Err(fail("empty, '.' or '..' path segment"));
         }
         if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
             return Err(fail("path has characters outside [A-Za-z0-9.-_]"));
         }
+        if let Some(slot) = segments.get_mut(count) {
+            *slot = seg;
+        }
+        count += 1;
     }
-    match segments.as_slice() {
-        ["svc", service] => Ok(ServiceId { trust_domain: td.to_owned(), service: (*service).to_owned() }),
+    match (count, segments) {
+        (2, ["svc", service]) => Ok((td, service)),
         _ => Err(fail("path is not /svc/<service>")),
     }
 }
@@ -67,6 +79,7 @@ mod tests {
         let id = parse_service_id("spiffe://example.org/svc/todos").unwrap();
         assert_eq!(id.trust_domain, "example.org");
         assert_eq!(id.service, "todos");
+        assert_eq!(split_service_id("spiffe://example.org/svc/todos").unwrap(), ("example.org", "todos"));
     }
 
     #[test]
@@ -88,6 +101,7 @@ mod tests {
             "spiffe://example.org/svc/todos/extra",
         ] {
             assert!(parse_service_id(bad).is_err(), "{bad} was accepted");
+            assert!(split_service_id(bad).is_err(), "{bad} was accepted");
         }
         let long = format!("spiffe://example.org/svc/{}", "a".repeat(2100));
         assert!(parse_service_id(&long).is_err());

@@ -247,7 +247,11 @@ impl<C: Connector> ConnectionTask<C> {
             tracing::info!(identity = %welcome.identity, service = %welcome.service, "reconnected to the router");
         }
         self.state.send_modify(|s| {
-            s.info = Some(SessionInfo { identity: welcome.identity, service: welcome.service, max_frame });
+            s.info = Some(Arc::new(SessionInfo {
+                identity: welcome.identity,
+                service: welcome.service,
+                max_frame,
+            }));
             s.connected = true;
             s.last_error = None;
         });

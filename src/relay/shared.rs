@@ -44,7 +44,7 @@ pub(crate) struct SessionInfo {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SessionState {
     /// Set at the first `Welcome` and kept across reconnects.
-    pub(crate) info: Option<SessionInfo>,
+    pub(crate) info: Option<Arc<SessionInfo>>,
     pub(crate) connected: bool,
     /// Why the last connection attempt or session failed.
     pub(crate) last_error: Option<(ErrorKind, String)>,
@@ -233,7 +233,7 @@ impl Shared {
     }
 
     /// Waits until the router has welcomed us once (so our identity is known).
-    async fn wait_session(&self, deadline: Instant) -> Result<SessionInfo, Error> {
+    async fn wait_session(&self, deadline: Instant) -> Result<Arc<SessionInfo>, Error> {
         let mut state = self.state.clone();
         let waited =
             tokio::time::timeout_at(deadline, state.wait_for(|s| s.info.is_some() || s.closed)).await;
