@@ -150,10 +150,10 @@ pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
         let _ = header;
     }
 
-    /// The router accepted a message (e.g. its grants arrived and need not
-    /// be sent again).
-    fn accepted(&self, sent: &SealedPayload) {
-        let _ = sent;
+    /// The router accepted a message that carried key grants (they arrived
+    /// and need not be sent again); `header` is the message's encoded header.
+    fn accepted(&self, header: &Bytes) {
+        let _ = header;
     }
 
     /// Frames to send after each `Welcome`, before subscribing (key

@@ -92,7 +92,9 @@ struct Session<S> {
 /// A send written (or to be written) to the router, kept until answered so
 /// it can be re-sent, with the same message id, after a reconnect.
 struct PendingSend {
-    sealed: SealedPayload,
+    /// The `Send` frame, built once and shared with the writer (and written
+    /// again as it is after a reconnect).
+    frame: Arc<Frame>,
     done: oneshot::Sender<Result<u32, Error>>,
     /// The caller waits on the request's reply buffer, not on `done`.
     quiet: bool,
@@ -256,7 +258,7 @@ impl<C: Connector> ConnectionTask<C> {
             s.last_error = None;
         });
 
-        let (out, out_rx) = mpsc::channel::<Frame>(self.shared.settings.command_buffer);
+        let (out, out_rx) = mpsc::channel::<Outgoing>(self.shared.settings.command_buffer);
         let mut writer_task = tokio::spawn(write_loop(writer, out_rx));
         if let Err(end) = self.resume(&out).await {
             writer_task.abort();
@@ -361,7 +363,7 @@ impl<C: Connector> ConnectionTask<C> {
     }
 
     /// After `Welcome`: subscribe, then re-send everything still unanswered.
-    async fn resume(&mut self, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
+    async fn resume(&mut self, out: &mpsc::Sender<Outgoing>) -> Result<(), SessionEnd> {
         let subscribe = Subscribe {
             subscriptions: self.handlers.subscriptions(),
             prefetch: self.shared.settings.prefetch,
@@ -372,9 +374,9 @@ impl<C: Connector> ConnectionTask<C> {
         }
         push(out, Body::Subscribe(subscribe)).await?;
         self.inflight.retain(|_, p| !p.done.is_closed());
-        let frames: Vec<Frame> = self.inflight.iter().map(|(corr, p)| send_frame(*corr, p)).collect();
+        let frames: Vec<Arc<Frame>> = self.inflight.values().map(|p| Arc::clone(&p.frame)).collect();
         for frame in frames {
-            out.send(frame).await.map_err(|_| writer_gone())?;
+            out.send(Outgoing::Shared(frame)).await.map_err(|_| writer_gone())?;
         }
         Ok(())
     }
@@ -383,17 +385,19 @@ impl<C: Connector> ConnectionTask<C> {
         &mut self,
         frame: Frame,
         generation: u64,
-        out: &mpsc::Sender<Frame>,
+        out: &mpsc::Sender<Outgoing>,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         match frame.body {
             Some(Body::Accepted(a)) => {
                 if let Some(p) = self.inflight.remove(&a.corr) {
-                    if !p.sealed.grants.is_empty() {
-                        self.shared.codec.accepted(&p.sealed);
+                    if let Some(send) = sent(&p.frame)
+                        && !send.grants.is_empty()
+                    {
+                        self.shared.codec.accepted(&send.header);
                     }
                     if p.quiet && a.receivers == 0 {
-                        self.answer_request(&p.sealed, |name| {
+                        self.answer_request(&p.frame, |name| {
                             Error::new(
                                 ErrorKind::Timeout,
                                 format!("no service received {name}, so no reply will come"),
@@ -408,7 +412,7 @@ impl<C: Connector> ConnectionTask<C> {
                 if let Some(p) = self.inflight.remove(&e.corr) {
                     let err = Error::from_code(e.code, &e.message);
                     if p.quiet {
-                        self.answer_request(&p.sealed, |_| err);
+                        self.answer_request(&p.frame, |_| err);
                     } else {
                         let _ = p.done.send(Err(err));
                     }
@@ -428,7 +432,7 @@ impl<C: Connector> ConnectionTask<C> {
         &mut self,
         d: Deliver,
         generation: u64,
-        out: &mpsc::Sender<Frame>,
+        out: &mpsc::Sender<Outgoing>,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         let header = match decode_header(&d.header) {
@@ -551,8 +555,8 @@ impl<C: Connector> ConnectionTask<C> {
 
     /// Puts the router's refusal of a quiet request into its reply buffer,
     /// where its caller waits.
-    fn answer_request(&self, sent: &SealedPayload, err: impl FnOnce(&str) -> Error) {
-        let Ok(header) = decode_header(&sent.header) else { return };
+    fn answer_request(&self, frame: &Frame, err: impl FnOnce(&str) -> Error) {
+        let Some(Ok(header)) = sent(frame).map(|s| decode_header(&s.header)) else { return };
         let Ok(id) = <MessageId>::try_from(&header.id[..]) else { return };
         if let Some(sink) = self.shared.lock_replies().get(&id) {
             let _ = sink.tx.try_send(Err(err(&header.name)));
@@ -563,7 +567,7 @@ impl<C: Connector> ConnectionTask<C> {
         &mut self,
         command: Command,
         generation: u64,
-        out: &mpsc::Sender<Frame>,
+        out: &mpsc::Sender<Outgoing>,
     ) -> Result<(), SessionEnd> {
         match command {
             Command::Frame(body) => push(out, body).await?,
@@ -573,10 +577,9 @@ impl<C: Connector> ConnectionTask<C> {
                 }
                 let corr = self.next_corr;
                 self.next_corr += 1;
-                let pending = PendingSend { sealed, done, quiet };
-                let frame = send_frame(corr, &pending);
-                self.inflight.insert(corr, pending);
-                out.send(frame).await.map_err(|_| writer_gone())?;
+                let frame = Arc::new(send_frame(corr, sealed));
+                self.inflight.insert(corr, PendingSend { frame: Arc::clone(&frame), done, quiet });
+                out.send(Outgoing::Shared(frame)).await.map_err(|_| writer_gone())?;
             }
             Command::Handled { generation: of, tag, id, success } => {
                 self.dedup.finish(id, success);
@@ -595,7 +598,7 @@ impl<C: Connector> ConnectionTask<C> {
         Ok(())
     }
 
-    async fn flush_acks(&mut self, out: &mpsc::Sender<Frame>) -> Result<(), SessionEnd> {
+    async fn flush_acks(&mut self, out: &mpsc::Sender<Outgoing>) -> Result<(), SessionEnd> {
         if self.acks.is_empty() {
             return Ok(());
         }
@@ -670,11 +673,11 @@ async fn run_handler(
 /// Writes frames in batches: everything queued goes out in one flush.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut frames: mpsc::Receiver<Frame>,
+    mut frames: mpsc::Receiver<Outgoing>,
 ) -> Result<(), ConnectionError> {
     const BATCH_BYTES: usize = 64 * 1024;
     while let Some(frame) = frames.recv().await {
-        writer.push(&frame);
+        writer.push(frame.frame());
         drain(&mut writer, &mut frames, BATCH_BYTES);
         if writer.pending() < BATCH_BYTES {
             // Frames arrive one command at a time; one yield lets the
@@ -689,32 +692,53 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Moves what is already queued into the batch, up to `max` bytes.
-fn drain<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, frames: &mut mpsc::Receiver<Frame>, max: usize) {
+fn drain<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    frames: &mut mpsc::Receiver<Outgoing>,
+    max: usize,
+) {
     while writer.pending() < max {
         match frames.try_recv() {
-            Ok(frame) => writer.push(&frame),
+            Ok(frame) => writer.push(frame.frame()),
             Err(_) => break,
         }
     }
 }
 
-fn send_frame(corr: u64, p: &PendingSend) -> Frame {
-    Frame {
-        body: Some(Body::Send(Send {
-            corr,
-            header: p.sealed.header.clone(),
-            payload: p.sealed.payload.clone(),
-            tags: p.sealed.tags.clone(),
-            grants: p.sealed.grants.clone(),
-        })),
+fn send_frame(corr: u64, sealed: SealedPayload) -> Frame {
+    let SealedPayload { header, payload, tags, grants } = sealed;
+    Frame { body: Some(Body::Send(Send { corr, header, payload, tags, grants })) }
+}
+
+/// The `Send` inside a frame built by [`send_frame`].
+fn sent(frame: &Frame) -> Option<&Send> {
+    match &frame.body {
+        Some(Body::Send(send)) => Some(send),
+        _ => None,
     }
 }
 
-async fn push(out: &mpsc::Sender<Frame>, body: Body) -> Result<(), SessionEnd> {
-    out.send(Frame { body: Some(body) }).await.map_err(|_| writer_gone())
+/// A frame for the writer: built for this write, or shared with an
+/// unanswered send (kept for writing again after a reconnect).
+enum Outgoing {
+    Owned(Frame),
+    Shared(Arc<Frame>),
 }
 
-async fn nack(out: &mpsc::Sender<Frame>, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
+impl Outgoing {
+    fn frame(&self) -> &Frame {
+        match self {
+            Outgoing::Owned(frame) => frame,
+            Outgoing::Shared(frame) => frame,
+        }
+    }
+}
+
+async fn push(out: &mpsc::Sender<Outgoing>, body: Body) -> Result<(), SessionEnd> {
+    out.send(Outgoing::Owned(Frame { body: Some(body) })).await.map_err(|_| writer_gone())
+}
+
+async fn nack(out: &mpsc::Sender<Outgoing>, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
     push(out, Body::Nack(Nack { tag, requeue })).await
 }
 

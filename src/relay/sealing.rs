@@ -314,8 +314,8 @@ impl PayloadCodec for E2e {
         lock(&self.opener).mark_processed(header);
     }
 
-    fn accepted(&self, sent: &SealedPayload) {
-        if let Ok(header) = decode_header(&sent.header) {
+    fn accepted(&self, header: &Bytes) {
+        if let Ok(header) = decode_header(header) {
             lock(&self.sealer).confirm_grants(&header.name, &header.epoch);
         }
     }
