@@ -396,6 +396,10 @@ impl<C: Connector> ConnectionTask<C> {
                     {
                         self.shared.codec.accepted(&send.header);
                     }
+                    // The caller of a quiet send never polls `done`, so this
+                    // wakes no one; it is answered first so that a caller woken
+                    // by the reply buffer below finds it.
+                    let _ = p.done.send(Ok(a.receivers));
                     if p.quiet && a.receivers == 0 {
                         self.answer_request(&p.frame, |name| {
                             Error::new(
@@ -404,8 +408,6 @@ impl<C: Connector> ConnectionTask<C> {
                             )
                         });
                     }
-                    // The caller of a quiet send never polls `done`, so this wakes no one.
-                    let _ = p.done.send(Ok(a.receivers));
                 }
             }
             Some(Body::Error(e)) if e.corr != 0 => {

@@ -279,24 +279,31 @@ impl Relay {
             queued.timeout,
             permit,
         );
-        match replies.next().await {
+        let first = replies.next().await;
+        let mut accepted = queued.accepted;
+        let answer = accepted.try_recv();
+        match first {
             Some(Ok(reply)) => {
                 shared.breakers.record(name, true);
                 Ok(reply)
             }
+            // The stream's own verdict (timeout, closed, abandoned), already
+            // recorded with the breaker. A timeout before the router even
+            // answered is reported as such.
             Some(Err(err)) if replies.is_finished() => {
-                // The stream's own verdict (timeout, closed, abandoned). A
-                // timeout before the router even answered is reported as such.
-                let mut accepted = queued.accepted;
-                let unanswered =
-                    matches!(accepted.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty));
+                let unanswered = matches!(answer, Err(tokio::sync::oneshot::error::TryRecvError::Empty));
                 if err.kind() == ErrorKind::Timeout && unanswered {
                     Err(shared.timeout_error(name, queued.timeout))
                 } else {
                     Err(err)
                 }
             }
-            // The router's refusal, put into the buffer by the connection task.
+            // Put into the buffer by the connection task: accepted by no
+            // service (the path works) or refused.
+            Some(Err(err)) if matches!(answer, Ok(Ok(0))) => {
+                shared.breakers.record(name, true);
+                Err(err)
+            }
             Some(Err(err)) => Err(self.record_failure(name, err)),
             // A stream for one receiver ends only after yielding something.
             None => Err(Error::new(ErrorKind::Timeout, format!("no reply to {name}"))),

@@ -382,7 +382,7 @@ async fn silent_requests_time_out_and_open_the_circuit() {
 async fn request_one_reports_a_refusal_a_missing_receiver_and_a_silent_router() {
     // request_one does not wait on the acceptance; each of these must still
     // reach it, through its reply buffer, with the router's reason.
-    let b = builder().request_timeout(Duration::from_secs(2));
+    let b = builder().request_timeout(Duration::from_secs(2)).circuit_breaker(2, Duration::from_secs(30));
     let (relay, mut peer, _h) = connected(b).await;
 
     let r = relay.clone();
@@ -393,17 +393,21 @@ async fn request_one_reports_a_refusal_a_missing_receiver_and_a_silent_router() 
     assert_eq!(err.kind(), ErrorKind::Denied);
     assert_eq!(err.message(), "web may not send payments.refund");
 
-    let r = relay.clone();
-    let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
-    let (corr, _, _) = peer.expect_send().await;
-    peer.accept(corr, 0).await;
-    let err = requesting.await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout);
-    assert!(err.message().contains("no service received todos.list"), "{err}");
+    for _ in 0..2 {
+        let r = relay.clone();
+        let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
+        let (corr, _, _) = peer.expect_send().await;
+        peer.accept(corr, 0).await;
+        let err = requesting.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(err.message().contains("no service received todos.list"), "{err}");
+    }
 
+    // Accepted by no service is not a failing path: the circuit stays closed.
     let r = relay.clone();
     let requesting = tokio::spawn(async move { r.request_one("todos.list", &()).await });
-    let _ = peer.expect_send().await;
+    let sent = tokio::time::timeout(Duration::from_secs(1), peer.expect_send()).await;
+    assert!(sent.is_ok(), "the request was not sent: {:?}", requesting.await);
     let err = requesting.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(err.message().contains("did not accept todos.list"), "never accepted: {err}");
