@@ -139,6 +139,9 @@ impl Shared {
         }
     }
 
+    /// Records a failed call with `name`'s circuit breaker: a transient
+    /// failure counts against the path, a refusal does not, and a call the
+    /// open circuit itself refused is not a new outcome.
     pub(crate) fn record_error(&self, name: &str, e: &Error) {
         if e.kind() != ErrorKind::CircuitOpen {
             self.breakers.record(name, !e.is_transient());
