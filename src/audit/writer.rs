@@ -352,9 +352,11 @@ impl Shared {
         }
     }
 
-    fn take(&self) -> (Vec<Record>, Range<u64>) {
+    /// The queued records and their sequence range; `spare` (empty) takes
+    /// their place, so producers push into a buffer that already has room.
+    fn take(&self, spare: Vec<Record>) -> (Vec<Record>, Range<u64>) {
         let mut queue = lock(&self.queue);
-        let records = std::mem::take(&mut queue.records);
+        let records = std::mem::replace(&mut queue.records, spare);
         let end = queue.next;
         let start = end - records.len() as u64;
         (records, start..end)
@@ -387,7 +389,7 @@ impl Shared {
     }
 }
 
-/// What one trip to the blocking pool writes.
+/// What the writer thread writes in one go.
 #[derive(Debug, Default)]
 struct Job {
     records: Vec<Record>,
@@ -934,6 +936,7 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     let interval = interval.max(Duration::from_millis(1));
     let mut backoff = MIN_BACKOFF;
     let mut retry_at: Option<Instant> = None;
+    let mut spare = Vec::new();
     loop {
         let mut deadline = writer.last_checkpoint + interval;
         if let Some(t) = writer.fsync_due() {
@@ -949,13 +952,14 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
             break;
         }
         let now = Instant::now();
-        let (records, range) = shared.take();
+        let (records, range) = shared.take(std::mem::take(&mut spare));
         if retry_at.is_some_and(|t| now < t) {
             // Still backing off: these records cannot be written.
             if let Some(failure) = &mut writer.failure {
                 failure.lost += records.len() as u64;
             }
             shared.settle(range, shared.fail_open);
+            spare = recycle(records);
             continue;
         }
         let job = Job {
@@ -971,6 +975,7 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
             if fsync_due && let Err(err) = writer.sync() {
                 tracing::warn!(%err, "audit fsync failed");
             }
+            spare = recycle(job.records);
             continue;
         }
         let recovering = writer.failure.is_some();
@@ -995,9 +1000,10 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        spare = recycle(job.records);
     }
     // Shutdown: drain, log_stop, final checkpoint.
-    let (records, range) = shared.take();
+    let (records, range) = shared.take(Vec::new());
     let job = Job {
         records,
         checkpoint: true,
@@ -1013,8 +1019,19 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     shared.settle(range, result.is_ok() || shared.fail_open);
     shared.close();
     // Records that raced the close cannot be written any more.
-    let (_, range) = shared.take();
+    let (_, range) = shared.take(Vec::new());
     shared.settle(range, false);
+}
+
+/// A written batch's buffer, emptied for the next batch; one that grew
+/// past an ordinary batch (a burst) is let go rather than kept.
+fn recycle(mut records: Vec<Record>) -> Vec<Record> {
+    const KEEP: usize = 4096;
+    if records.capacity() > KEEP {
+        return Vec::new();
+    }
+    records.clear();
+    records
 }
 
 #[cfg(test)]

@@ -847,8 +847,9 @@ fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: 
             tag,
             header: msg.header.clone(),
             payload: msg.payload.clone(),
-            sender: msg.sender.service.to_string(),
-            sender_id: msg.sender.identity.to_string(),
+            // `String::from(&str)`: a plain copy, not the formatter `to_string` goes through on an `Arc<str>`.
+            sender: String::from(&*msg.sender.service),
+            sender_id: String::from(&*msg.sender.identity),
             timestamp_ms: msg.timestamp_ms,
             attempt,
             auth_tag,
