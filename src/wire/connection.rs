@@ -1,6 +1,7 @@
 //! Buffered frame I/O over any byte stream (a TLS stream in practice).
 //!
-//! Reads fill one growing buffer and split frames off it without copying.
+//! Reads fill a buffer (a large frame gets a block of its own) and split
+//! frames off it without copying.
 //! Writes append to a buffer that is flushed once per batch, so a burst of
 //! frames costs one `write` (and one TLS record run), not one per frame.
 
@@ -63,12 +64,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// A large frame gets one block of exactly its size. Growing the buffer
     /// step by step instead copies the frame several times and leaves it in a
-    /// block up to twice its size, which stays allocated as long as any part
-    /// of the frame is referenced and, once freed, is handed back to the
-    /// kernel, so the next large frame faults in fresh zeroed pages: in a
-    /// stream of 64 KiB messages that was a third of the router's CPU. The
-    /// block is allocated up front only up to [`PREALLOCATE_MAX`], so a
-    /// peer announcing a huge frame gets memory only as the bytes arrive.
+    /// block up to twice its size, held as long as any part of the frame is
+    /// referenced (in the router, until the message is acknowledged): twice
+    /// the fresh memory to fault in and zero. With 64 KiB messages, faults
+    /// under this function were a third of the router's CPU; the exact block
+    /// cut its CPU per message by about a fifth (docs/PERFORMANCE.md, fifth
+    /// round). The block is allocated up front only up to
+    /// [`PREALLOCATE_MAX`], so a peer announcing a huge frame gets memory
+    /// only as the bytes arrive.
     fn make_room(&mut self, total: usize) {
         let missing = total.saturating_sub(self.buf.len());
         let spare = self.buf.capacity() - self.buf.len();
