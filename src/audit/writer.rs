@@ -352,14 +352,21 @@ impl Shared {
         }
     }
 
-    /// The queued records and their sequence range; `spare` (empty) takes
-    /// their place, so producers push into a buffer that already has room.
-    fn take(&self, spare: Vec<Record>) -> (Vec<Record>, Range<u64>) {
+    /// Swaps the queued records into `batch` and gives their sequence
+    /// range. The previous batch, emptied, becomes the queue, so producers
+    /// push into a buffer that already has room; one that grew past an
+    /// ordinary batch (a burst) is let go rather than kept.
+    fn take(&self, batch: &mut Vec<Record>) -> Range<u64> {
+        const KEEP: usize = 4096;
+        // Dropped outside the lock.
+        batch.clear();
+        if batch.capacity() > KEEP {
+            *batch = Vec::new();
+        }
         let mut queue = lock(&self.queue);
-        let records = std::mem::replace(&mut queue.records, spare);
+        std::mem::swap(&mut queue.records, batch);
         let end = queue.next;
-        let start = end - records.len() as u64;
-        (records, start..end)
+        end - batch.len() as u64..end
     }
 
     /// Resolves the tickets of `range`.
@@ -391,8 +398,8 @@ impl Shared {
 
 /// What the writer thread writes in one go.
 #[derive(Debug, Default)]
-struct Job {
-    records: Vec<Record>,
+struct Job<'a> {
+    records: &'a [Record],
     /// Write a checkpoint at the end (timer).
     checkpoint: bool,
     /// Fail-open drops to report.
@@ -403,7 +410,7 @@ struct Job {
     stop: bool,
 }
 
-impl Job {
+impl Job<'_> {
     fn is_empty(&self) -> bool {
         self.records.is_empty() && !self.checkpoint && self.dropped == 0 && self.refused == 0 && !self.stop
     }
@@ -620,7 +627,7 @@ impl Writer {
             self.push(&mut buf, &mut chain, &rec, &WriterFields::default());
         }
         let none = WriterFields::default();
-        for rec in &job.records {
+        for rec in job.records {
             self.push(&mut buf, &mut chain, rec, &none);
             if chain.since_checkpoint >= self.checkpoint_every {
                 self.push_checkpoint(&mut buf, &mut chain);
@@ -936,7 +943,7 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     let interval = interval.max(Duration::from_millis(1));
     let mut backoff = MIN_BACKOFF;
     let mut retry_at: Option<Instant> = None;
-    let mut spare = Vec::new();
+    let mut batch = Vec::new();
     loop {
         let mut deadline = writer.last_checkpoint + interval;
         if let Some(t) = writer.fsync_due() {
@@ -952,18 +959,17 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
             break;
         }
         let now = Instant::now();
-        let (records, range) = shared.take(std::mem::take(&mut spare));
+        let range = shared.take(&mut batch);
         if retry_at.is_some_and(|t| now < t) {
             // Still backing off: these records cannot be written.
             if let Some(failure) = &mut writer.failure {
-                failure.lost += records.len() as u64;
+                failure.lost += batch.len() as u64;
             }
             shared.settle(range, shared.fail_open);
-            spare = recycle(records);
             continue;
         }
         let job = Job {
-            records,
+            records: &batch,
             checkpoint: now >= writer.last_checkpoint + interval,
             dropped: shared.dropped.swap(0, Ordering::Relaxed),
             refused: shared.refused.swap(0, Ordering::Relaxed),
@@ -975,7 +981,6 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
             if fsync_due && let Err(err) = writer.sync() {
                 tracing::warn!(%err, "audit fsync failed");
             }
-            spare = recycle(job.records);
             continue;
         }
         let recovering = writer.failure.is_some();
@@ -1000,12 +1005,11 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        spare = recycle(job.records);
     }
     // Shutdown: drain, log_stop, final checkpoint.
-    let (records, range) = shared.take(Vec::new());
+    let range = shared.take(&mut batch);
     let job = Job {
-        records,
+        records: &batch,
         checkpoint: true,
         dropped: shared.dropped.swap(0, Ordering::Relaxed),
         refused: shared.refused.swap(0, Ordering::Relaxed),
@@ -1019,19 +1023,8 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     shared.settle(range, result.is_ok() || shared.fail_open);
     shared.close();
     // Records that raced the close cannot be written any more.
-    let (_, range) = shared.take(Vec::new());
+    let range = shared.take(&mut batch);
     shared.settle(range, false);
-}
-
-/// A written batch's buffer, emptied for the next batch; one that grew
-/// past an ordinary batch (a burst) is let go rather than kept.
-fn recycle(mut records: Vec<Record>) -> Vec<Record> {
-    const KEEP: usize = 4096;
-    if records.capacity() > KEEP {
-        return Vec::new();
-    }
-    records.clear();
-    records
 }
 
 #[cfg(test)]

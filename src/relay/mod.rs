@@ -265,10 +265,12 @@ impl Relay {
         // Sealed and queued; the router's answer is not awaited: the
         // connection task puts a refusal, or an acceptance by no service,
         // into the reply buffer, so this task wakes once, for the reply.
-        let queued = shared.queue(outbound, true).await;
-        let queued = match queued {
+        let queued = match shared.queue(outbound, true).await {
             Ok(queued) => queued,
-            Err(err) => return Err(self.record_failure(name, err)),
+            Err(err) => {
+                shared.record_error(name, &err);
+                return Err(err);
+            }
         };
         let mut replies = Replies::new(
             receiver,
@@ -304,16 +306,13 @@ impl Relay {
                 shared.breakers.record(name, true);
                 Err(err)
             }
-            Some(Err(err)) => Err(self.record_failure(name, err)),
+            Some(Err(err)) => {
+                shared.record_error(name, &err);
+                Err(err)
+            }
             // A stream for one receiver ends only after yielding something.
             None => Err(Error::new(ErrorKind::Timeout, format!("no reply to {name}"))),
         }
-    }
-
-    /// Records a failed send with the circuit breaker and hands the error back.
-    fn record_failure(&self, name: &str, err: Error) -> Error {
-        self.inner.shared.record_error(name, &err);
-        err
     }
 
     /// Checks the circuit and takes a slot for one outstanding request.

@@ -847,7 +847,6 @@ fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: 
             tag,
             header: msg.header.clone(),
             payload: msg.payload.clone(),
-            // `String::from(&str)`: a plain copy, not the formatter `to_string` goes through on an `Arc<str>`.
             sender: String::from(&*msg.sender.service),
             sender_id: String::from(&*msg.sender.identity),
             timestamp_ms: msg.timestamp_ms,
@@ -860,15 +859,15 @@ fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: 
 
 fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, grant: Bytes) -> Entry {
     Entry {
-        service: service.to_string(),
+        service: String::from(service),
         seq,
         header: msg.header.clone(),
         payload: msg.payload.clone(),
         auth_tag: auth_tag.clone(),
         grant,
-        sender: msg.sender.service.to_string(),
-        sender_id: msg.sender.identity.to_string(),
-        sender_instance: msg.sender.instance.to_string(),
+        sender: String::from(&*msg.sender.service),
+        sender_id: String::from(&*msg.sender.identity),
+        sender_instance: String::from(&*msg.sender.instance),
         timestamp_ms: msg.timestamp_ms,
         attempts: 0,
     }
