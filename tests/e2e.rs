@@ -314,6 +314,43 @@ async fn a_sender_keeps_the_keys_it_verified_across_a_router_restart() {
 
 /// Starts a new mailer process (new instance, empty caches) and checks that
 /// it reads `user.created` with these `n`s, in order, refusing nothing.
+/// A relay opens large payloads off its connection task, but an epoch's
+/// grant rides on its first delivery only. A backlog from two sender
+/// instances, large and small messages interleaved, delivered in one burst
+/// when the receiver connects, must open in full: nothing refused for want
+/// of a grant, each message handled once.
+#[tokio::test]
+async fn a_burst_of_large_and_small_messages_from_two_senders_opens_in_full() {
+    let bus = TestBus::start().await;
+    let first = bus.sealed("mailer").connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.close().await;
+    let webs = [bus.sealed("web").connect().await.unwrap(), bus.sealed("web").connect().await.unwrap()];
+    let pad = "x".repeat(40_000);
+    const COUNT: u64 = 60;
+    for n in 0..COUNT {
+        let body = match n % 3 {
+            2 => serde_json::json!({ "n": n }),
+            _ => serde_json::json!({ "n": n, "pad": pad }),
+        };
+        webs[(n % 2) as usize].publish("user.created", &body).await.unwrap();
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mailer =
+        bus.sealed("mailer").handle("user.created", [], forward("mailer", tx)).connect().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..COUNT {
+        let (_, body) = next(&mut rx).await;
+        assert!(body["n"].as_u64().unwrap() % 3 == 2 || body["pad"] == pad.as_str(), "{}", body["n"]);
+        got.push(body["n"].as_u64().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..COUNT).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "a message was handled twice");
+    assert_eq!(mailer.rejections().total(), 0, "{:?}", mailer.rejections().snapshot());
+}
+
 async fn a_new_mailer_reads(bus: &TestBus, ns: &[i64]) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let later =

@@ -76,8 +76,23 @@ async fn wait_for(what: &str, f: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// A payload past the size a relay opens off its connection task
+/// (16 KiB): the tampering cases run with it too.
+fn large() -> String {
+    "x".repeat(40_000)
+}
+
 #[tokio::test]
 async fn a_flipped_payload_bit_is_rejected() {
+    flipped_payload_bit(String::from("x")).await;
+}
+
+#[tokio::test]
+async fn a_flipped_payload_bit_in_a_large_payload_is_rejected() {
+    flipped_payload_bit(large()).await;
+}
+
+async fn flipped_payload_bit(body: String) {
     let bus = TestBus::start().await;
     let tamper = first_command(|d| {
         let mut p = d.payload.to_vec();
@@ -86,16 +101,25 @@ async fn a_flipped_payload_bit_is_rejected() {
     });
     let (todo, _proxy, handled) = todo_behind(&bus, tamper).await;
     let web = bus.sealed("web").connect().await.unwrap();
-    web.send("todos.create", &"x").await.unwrap();
+    web.send("todos.create", &body).await.unwrap();
     wait_for("bad_tag", || todo.rejections().get("bad_tag") == 1).await;
     // The next, untouched message passes: the channel itself works.
-    web.send("todos.create", &"y").await.unwrap();
+    web.send("todos.create", &body).await.unwrap();
     wait_for("handled", || handled.load(Ordering::SeqCst) == 1).await;
     assert_eq!(todo.rejections().total(), 1);
 }
 
 #[tokio::test]
 async fn every_rewritten_header_field_is_rejected() {
+    rewritten_header_fields(String::from("x")).await;
+}
+
+#[tokio::test]
+async fn every_rewritten_header_field_of_a_large_message_is_rejected() {
+    rewritten_header_fields(large()).await;
+}
+
+async fn rewritten_header_fields(body: String) {
     let bus = TestBus::start().await;
     type Rewrite = fn(&mut RoutingHeader);
     let cases: Vec<(&str, Rewrite, &str)> = vec![
@@ -119,7 +143,7 @@ async fn every_rewritten_header_field_is_rejected() {
             web = Some(bus.sealed("web").connect().await.unwrap());
         }
         let web = web.as_ref().unwrap();
-        web.send("todos.create", &field).await.unwrap();
+        web.send("todos.create", &format!("{field}{body}")).await.unwrap();
         wait_for(field, || todo.rejections().total() == 1).await;
         assert_eq!(todo.rejections().get(label), 1, "{field}: {:?}", todo.rejections().snapshot());
         assert_eq!(handled.load(Ordering::SeqCst), 0, "{field} reached the handler");
@@ -129,6 +153,15 @@ async fn every_rewritten_header_field_is_rejected() {
 
 #[tokio::test]
 async fn a_replayed_delivery_is_rejected() {
+    replayed_delivery(String::from("once")).await;
+}
+
+#[tokio::test]
+async fn a_replayed_large_delivery_is_rejected() {
+    replayed_delivery(large()).await;
+}
+
+async fn replayed_delivery(body: String) {
     let bus = TestBus::start().await;
     let recorded: Arc<Mutex<Option<Frame>>> = Arc::default();
     let r = Arc::clone(&recorded);
@@ -159,7 +192,7 @@ async fn a_replayed_delivery_is_rejected() {
     });
     let (todo, _proxy, handled) = todo_behind(&bus, tamper).await;
     let web = bus.sealed("web").connect().await.unwrap();
-    web.send("todos.create", &"once").await.unwrap();
+    web.send("todos.create", &body).await.unwrap();
     wait_for("replay", || todo.rejections().get("replay") == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(handled.load(Ordering::SeqCst), 1, "handled exactly once");

@@ -66,7 +66,7 @@ pub use announce::{VerifiedAnnouncement, announce, select_receivers, verify_anno
 pub use codec::CodecError;
 pub use identity::{SigningIdentity, TrustAnchors};
 pub use keys::ReceiveKey;
-pub use open::{OpenError, Opened, OpenedPayload, Opener, OpenerConfig};
+pub use open::{OpenError, Opened, OpenedPayload, Opener, OpenerConfig, Unsealing};
 pub use reply::{OpenedReply, ReplyKey, ReplyOpener, ReplySealer};
 pub use seal::{EpochConfig, Prepared, Sealed, Sealer};
 pub use spiffe::SpiffeError;

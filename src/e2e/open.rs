@@ -19,11 +19,17 @@
 //! 8. the AEAD opens (ChaCha20-Poly1305, header bytes as associated data);
 //! 9. the envelope parses.
 //!
+//! [`Opener::begin`] does 1–4 and 6–7 (what needs the opener's state; its
+//! verdict on 6–7 waits for the tag), in delivery order, since a grant
+//! comes with its epoch's first delivery only; [`Unsealing::finish`] does
+//! 5, 8 and 9 with the epoch's keys alone, on any thread.
+//!
 //! Only then does a handler see the plaintext. Nothing is recorded as seen
 //! until [`Opener::mark_processed`]: a redelivery of a message whose handler
 //! did not finish passes again. Errors say what failed, never key material.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -194,6 +200,53 @@ pub struct OpenedPayload {
     pub sender_service: String,
 }
 
+/// A delivery [`Opener::begin`] passed: what is left of opening it (5, 8,
+/// 9 and the verdicts of 6–7) needs only the sender epoch's keys.
+#[must_use = "a delivery is opened only by finishing it"]
+pub struct Unsealing {
+    keys: Arc<EpochKeys>,
+    sender_service: String,
+    /// Expired or replayed, reported only once the tag verified (so a
+    /// forgery is counted as one, whatever its header claims).
+    after_tag: Option<OpenError>,
+}
+
+impl std::fmt::Debug for Unsealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealing").field("sender_service", &self.sender_service).finish_non_exhaustive()
+    }
+}
+
+impl Unsealing {
+    /// Checks the tag and opens the payload of the delivery this was begun
+    /// for: `deliver` and `header` must be the ones given to
+    /// [`Opener::begin`].
+    pub fn finish(self, deliver: &Deliver, header: &RoutingHeader) -> Result<OpenedPayload, OpenError> {
+        let keys = &*self.keys;
+        let h = crypto::sha256(&[&deliver.header, &deliver.payload]);
+        let expected = crypto::auth_tag(&keys.tag_key, &h);
+        if deliver.auth_tag.len() != AUTH_TAG_LEN || !crypto::ct_eq(&expected, &deliver.auth_tag) {
+            return Err(OpenError::BadTag);
+        }
+        if let Some(err) = self.after_tag {
+            return Err(err);
+        }
+        let plain = crypto::open(
+            &keys.aead,
+            nonce(&keys.nonce_prefix, header.seq),
+            &deliver.header,
+            &deliver.payload,
+        )
+        .map_err(|_| OpenError::BadAead)?;
+        let (reply_key, at) = payload::decode(&plain)?;
+        Ok(OpenedPayload {
+            plaintext: Bytes::from(plain).slice(at..),
+            reply_key,
+            sender_service: self.sender_service,
+        })
+    }
+}
+
 /// The policy question a receiver asks: may `sender_service` send `name`?
 pub type MaySend = dyn Fn(&str, &str) -> bool + Send + Sync;
 
@@ -215,10 +268,16 @@ impl EpochRef {
 struct EpochState {
     name: String,
     sender_service: String,
+    keys: Arc<EpochKeys>,
+    window: ReplayWindow,
+}
+
+/// What opening a delivery of one sender epoch takes, shared with the
+/// [`Unsealing`]s in flight.
+struct EpochKeys {
     aead: LessSafeKey,
     nonce_prefix: [u8; 4],
     tag_key: hmac::Key,
-    window: ReplayWindow,
 }
 
 /// Opens deliveries for one relay instance.
@@ -285,6 +344,21 @@ impl Opener {
         header: &RoutingHeader,
         now_ms: u64,
     ) -> Result<OpenedPayload, OpenError> {
+        self.begin(deliver, header, now_ms)?.finish(deliver, header)
+    }
+
+    /// The first half of [`Opener::open_decoded`]: every check that needs
+    /// this opener's state (1–4, and 6–7 whose verdict waits for the tag).
+    /// Call it in delivery order: an epoch's grant comes with its first
+    /// delivery only, so a later delivery begun before it finds no grant.
+    /// The rest ([`Unsealing::finish`]) needs only the epoch's keys and can
+    /// run on another task while this opener takes the next delivery.
+    pub fn begin(
+        &mut self,
+        deliver: &Deliver,
+        header: &RoutingHeader,
+        now_ms: u64,
+    ) -> Result<Unsealing, OpenError> {
         if header.seal != SEAL_V1 {
             return Err(OpenError::NotSealed);
         }
@@ -312,32 +386,24 @@ impl Opener {
         if state.name != header.name {
             return Err(OpenError::GrantMismatch("name"));
         }
-        let h = crypto::sha256(&[&deliver.header, &deliver.payload]);
-        let expected = crypto::auth_tag(&state.tag_key, &h);
-        if deliver.auth_tag.len() != AUTH_TAG_LEN || !crypto::ct_eq(&expected, &deliver.auth_tag) {
-            return Err(OpenError::BadTag);
-        }
-        if header.expires_at_ms != 0 && now_ms > header.expires_at_ms.saturating_add(self.config.skew_ms) {
-            return Err(OpenError::Expired { expires_at_ms: header.expires_at_ms });
-        }
-        if self.inbox.contains(&id_of(header)) {
-            return Err(OpenError::Replay);
-        }
-        match state.window.check(header.seq) {
-            Seen::New => {}
-            Seen::Processed => return Err(OpenError::Replay),
-            Seen::TooOld => return Err(OpenError::TooOld),
-        }
-        let plain = crypto::open(
-            &state.aead,
-            nonce(&state.nonce_prefix, header.seq),
-            &deliver.header,
-            &deliver.payload,
-        )
-        .map_err(|_| OpenError::BadAead)?;
-        let (reply_key, at) = payload::decode(&plain)?;
-        let sender_service = state.sender_service.clone();
-        Ok(OpenedPayload { plaintext: Bytes::from(plain).slice(at..), reply_key, sender_service })
+        let after_tag = if header.expires_at_ms != 0
+            && now_ms > header.expires_at_ms.saturating_add(self.config.skew_ms)
+        {
+            Some(OpenError::Expired { expires_at_ms: header.expires_at_ms })
+        } else if self.inbox.contains(&id_of(header)) {
+            Some(OpenError::Replay)
+        } else {
+            match state.window.check(header.seq) {
+                Seen::New => None,
+                Seen::Processed => Some(OpenError::Replay),
+                Seen::TooOld => Some(OpenError::TooOld),
+            }
+        };
+        Ok(Unsealing {
+            keys: Arc::clone(&state.keys),
+            sender_service: state.sender_service.clone(),
+            after_tag,
+        })
     }
 
     /// Records a message as processed (its handler succeeded): a later copy
@@ -385,9 +451,11 @@ impl Opener {
         Ok(EpochState {
             name: g.name,
             sender_service: g.sender.service,
-            aead,
-            nonce_prefix,
-            tag_key: hmac::Key::new(hmac::HMAC_SHA256, &g.secrets.auth_key),
+            keys: Arc::new(EpochKeys {
+                aead,
+                nonce_prefix,
+                tag_key: hmac::Key::new(hmac::HMAC_SHA256, &g.secrets.auth_key),
+            }),
             window: ReplayWindow::new(),
         })
     }

@@ -12,7 +12,7 @@ use super::announce::{VerifiedAnnouncement, announce, verify_announcement};
 use super::grant::{self, OpenLimits};
 use super::identity::SigningIdentity;
 use super::keys::ReceiveKey;
-use super::open::{OpenError, Opener, OpenerConfig};
+use super::open::{OpenError, Opener, OpenerConfig, decode_header};
 use super::reply::{ReplyKey, ReplyOpener, ReplySealer};
 use super::seal::{EpochConfig, Sealed, Sealer, message_keys, nonce};
 use super::testpki::{TestCa, now_ms};
@@ -208,6 +208,38 @@ fn processed_messages_are_replays_but_unprocessed_redeliveries_pass() {
     assert_eq!(first.header, again.header);
     // Same bytes without the grant: still a replay.
     assert!(matches!(w.todos.open(&deliver(&sealed, "todos", false), now_ms()), Err(OpenError::Replay)));
+}
+
+/// Opening in two halves: `begin` in delivery order (the grant rides on
+/// the epoch's first delivery), `finish` in any order, anywhere. A forgery
+/// is still a bad tag whatever its header claims, and a replay is only
+/// reported once the tag verified.
+#[test]
+fn begun_in_order_deliveries_finish_in_any_order() {
+    let mut w = world();
+    let first = w.seal(header("todos.create"), &[1; 40_000]);
+    let second = w.seal(header("todos.create"), &[2; 40_000]);
+    let (d1, d2) = (deliver(&first, "todos", true), deliver(&second, "todos", false));
+    let (h1, h2) = (decode_header(&d1.header).unwrap(), decode_header(&d2.header).unwrap());
+    // Begun out of order, the second has no grant yet.
+    assert!(matches!(w.todos.begin(&d2, &h2, now_ms()), Err(OpenError::NoGrant)));
+    let u1 = w.todos.begin(&d1, &h1, now_ms()).unwrap();
+    let u2 = w.todos.begin(&d2, &h2, now_ms()).unwrap();
+    let o2 = std::thread::spawn(move || u2.finish(&d2, &h2)).join().unwrap().unwrap();
+    let o1 = u1.finish(&d1, &h1).unwrap();
+    assert_eq!((&o1.plaintext[..], &o2.plaintext[..]), (&[1u8; 40_000][..], &[2u8; 40_000][..]));
+
+    // A processed message begun again: a replay, but only behind a good tag.
+    let d1 = deliver(&first, "todos", false);
+    w.todos.mark_processed(&h1);
+    let replayed = w.todos.begin(&d1, &h1, now_ms()).unwrap();
+    assert!(matches!(replayed.finish(&d1, &h1), Err(OpenError::Replay)));
+    let mut forged = d1.clone();
+    let mut p = forged.payload.to_vec();
+    p[100] ^= 1;
+    forged.payload = p.into();
+    let begun = w.todos.begin(&forged, &h1, now_ms()).unwrap();
+    assert!(matches!(begun.finish(&forged, &h1), Err(OpenError::BadTag)));
 }
 
 /// The residual SECURITY.md states: replay state is per instance and in

@@ -101,6 +101,20 @@ pub struct Opened {
     pub replies: Option<Box<dyn ReplySealing>>,
 }
 
+/// The second half of opening a delivery (see [`PayloadCodec::begin_open`]).
+pub trait Opening: Send + 'static {
+    /// Finishes opening the delivery the opening was begun for: `deliver`
+    /// and `header` must be the ones given to `begin_open`.
+    fn finish(self: Box<Self>, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError>;
+}
+
+/// Opened already: nothing is left to do.
+impl Opening for Opened {
+    fn finish(self: Box<Self>, _deliver: &Deliver, _header: &RoutingHeader) -> Result<Opened, CodecError> {
+        Ok(*self)
+    }
+}
+
 /// Seals the replies of one handling of a command.
 pub trait ReplySealing: fmt::Debug + Send + Sync + 'static {
     /// Seals one reply; the codec sets the end-to-end fields and encodes
@@ -137,6 +151,15 @@ pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
     /// Turns a delivered command or event back into the serialized payload.
     /// `header` is `deliver.header` decoded; `deliver.header` holds its exact bytes.
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError>;
+
+    /// [`open`](Self::open) in two halves, for a payload large enough to
+    /// be opened off the connection task: this half runs in delivery order
+    /// and does what needs the codec's state (an end-to-end grant comes
+    /// with its epoch's first delivery only); [`Opening::finish`] does the
+    /// rest anywhere. The default opens it all here.
+    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Box<dyn Opening>, CodecError> {
+        Ok(Box::new(self.open(deliver, header)?))
+    }
 
     /// Opens a reply to a request that came without a [`ReplyOpening`].
     fn open_reply(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Bytes, CodecError> {

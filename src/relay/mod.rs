@@ -63,7 +63,8 @@ use uuid::Uuid;
 pub use breaker::BreakerConfig;
 pub use builder::RelayBuilder;
 pub use codec::{
-    CodecError, Opened, PayloadCodec, Plain, ReplyOpening, ReplySealing, SEAL_PLAIN, Sealed, SealedPayload,
+    CodecError, Opened, Opening, PayloadCodec, Plain, ReplyOpening, ReplySealing, SEAL_PLAIN, Sealed,
+    SealedPayload,
 };
 pub use error::{BoxError, Error, ErrorKind};
 pub use handler::{Incoming, Responder};

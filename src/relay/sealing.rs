@@ -22,13 +22,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::codec::{CodecError, Opened, PayloadCodec, ReplyOpening, ReplySealing, Sealed, SealedPayload};
+use super::codec::{
+    CodecError, Opened, Opening, PayloadCodec, ReplyOpening, ReplySealing, Sealed, SealedPayload,
+};
 use super::error::{Error, ErrorKind};
 use super::rejections::Rejections;
 use super::shared::now_ms;
 use crate::e2e::{
     EpochConfig, OpenError, Opener, OpenerConfig, ReceiveKey, ReplyOpener, ReplySealer, Sealer,
-    SigningIdentity, TrustAnchors, VerifiedAnnouncement, announce, select_receivers, verify_announcement,
+    SigningIdentity, TrustAnchors, Unsealing, VerifiedAnnouncement, announce, select_receivers,
+    verify_announcement,
 };
 use crate::policy::Policy;
 use crate::policy::sign::PublicKey;
@@ -290,24 +293,18 @@ impl PayloadCodec for E2e {
     }
 
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
-        let opened = lock(&self.opener).open_decoded(deliver, header, now_ms()).map_err(rejected)?;
-        let allowed =
-            self.policy.load().check_send(&opened.sender_service, &header.name, header.version.max(1));
-        if !allowed.allowed {
-            return Err(rejected(OpenError::Unauthorized {
-                sender: opened.sender_service,
-                name: header.name.clone(),
-            }));
-        }
-        let replies = match &opened.reply_key {
-            Some(key) => {
-                let sealer = ReplySealer::new(key, header, &self.my_id, &self.instance)
-                    .map_err(|e| CodecError::Seal(e.to_string()))?;
-                Some(Box::new(SealingReplies { sealer }) as Box<dyn ReplySealing>)
-            }
-            None => None,
-        };
-        Ok(Opened { payload: opened.plaintext, replies })
+        let unsealing = lock(&self.opener).begin(deliver, header, now_ms()).map_err(rejected)?;
+        finish_open(unsealing, deliver, header, &self.policy.load(), &self.my_id, &self.instance)
+    }
+
+    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Box<dyn Opening>, CodecError> {
+        let unsealing = lock(&self.opener).begin(deliver, header, now_ms()).map_err(rejected)?;
+        Ok(Box::new(E2eOpening {
+            unsealing,
+            policy: self.policy.load_full(),
+            my_id: self.my_id.clone(),
+            instance: self.instance.clone(),
+        }))
     }
 
     fn processed(&self, header: &RoutingHeader) {
@@ -457,6 +454,49 @@ impl ReplyOpening for SealedReplies {
             Err(e) => Err(CodecError::Truncated(e.to_string())),
         }
     }
+}
+
+/// A delivery begun by [`E2e::begin_open`], with what finishing it needs.
+struct E2eOpening {
+    unsealing: Unsealing,
+    policy: Arc<Policy>,
+    my_id: String,
+    instance: String,
+}
+
+impl Opening for E2eOpening {
+    fn finish(self: Box<Self>, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
+        finish_open(self.unsealing, deliver, header, &self.policy, &self.my_id, &self.instance)
+    }
+}
+
+/// Checks the tag, opens the payload, and only then asks the trusted policy
+/// whether the (now verified) sender may send the name.
+fn finish_open(
+    unsealing: Unsealing,
+    deliver: &Deliver,
+    header: &RoutingHeader,
+    policy: &Policy,
+    my_id: &str,
+    instance: &str,
+) -> Result<Opened, CodecError> {
+    let opened = unsealing.finish(deliver, header).map_err(rejected)?;
+    let allowed = policy.check_send(&opened.sender_service, &header.name, header.version.max(1));
+    if !allowed.allowed {
+        return Err(rejected(OpenError::Unauthorized {
+            sender: opened.sender_service,
+            name: header.name.clone(),
+        }));
+    }
+    let replies = match &opened.reply_key {
+        Some(key) => {
+            let sealer = ReplySealer::new(key, header, my_id, instance)
+                .map_err(|e| CodecError::Seal(e.to_string()))?;
+            Some(Box::new(SealingReplies { sealer }) as Box<dyn ReplySealing>)
+        }
+        None => None,
+    };
+    Ok(Opened { payload: opened.plaintext, replies })
 }
 
 fn rejected(err: OpenError) -> CodecError {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::breaker::Breakers;
-use super::codec::{CodecError, PayloadCodec, ReplySealing, SealedPayload};
+use super::codec::{CodecError, Opened, PayloadCodec, ReplySealing, SealedPayload};
 use super::dedup::MessageId;
 use super::error::{Error, ErrorKind};
 use super::header::{self, HeaderParams, SenderInfo};
@@ -22,7 +22,7 @@ use super::options::{MessageOptions, Settings};
 use super::rejections::Rejections;
 use super::request::ReplySink;
 use crate::wire::frame::LENGTH_PREFIX;
-use crate::wire::{Body, Kind, RoutingHeader};
+use crate::wire::{Body, Deliver, Kind, RoutingHeader};
 
 /// How long a send waits for a key directory the codec asked for.
 const KEY_WAIT: Duration = Duration::from_secs(2);
@@ -63,6 +63,18 @@ pub(crate) enum Command {
     Frame(Body),
     /// A handler finished with the delivery `tag` of connection `generation`.
     Handled { generation: u64, tag: u64, id: MessageId, success: bool },
+    /// A large delivery was opened off the connection task.
+    Opened(Box<OpenedDelivery>),
+}
+
+/// A delivery of connection `generation` and what opening it gave.
+#[derive(Debug)]
+pub(crate) struct OpenedDelivery {
+    pub(crate) generation: u64,
+    pub(crate) deliver: Deliver,
+    pub(crate) header: RoutingHeader,
+    pub(crate) id: MessageId,
+    pub(crate) opened: Result<Opened, CodecError>,
 }
 
 /// One outgoing message on its way to [`Shared::submit`].
