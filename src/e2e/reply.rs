@@ -69,9 +69,12 @@ impl ReplyKey {
         command_id: &[u8],
         replier_id: &str,
     ) -> Result<(LessSafeKey, [u8; 4]), E2eError> {
-        let k: [u8; 32] = crypto::hkdf(reply_epoch, &self.0, &[ENC_INFO, command_id, replier_id.as_bytes()]);
-        let prefix: [u8; 4] =
-            crypto::hkdf(reply_epoch, &self.0, &[NONCE_INFO, command_id, replier_id.as_bytes()]);
+        let (k, prefix) = crypto::hkdf_key_and_prefix(
+            reply_epoch,
+            &self.0,
+            &[ENC_INFO, command_id, replier_id.as_bytes()],
+            &[NONCE_INFO, command_id, replier_id.as_bytes()],
+        );
         Ok((crypto::aead_key(&k).map_err(|_| E2eError::Seal)?, prefix))
     }
 }

@@ -288,8 +288,12 @@ pub(crate) fn message_keys(
     epoch: &[u8; 16],
     name: &str,
 ) -> Result<(LessSafeKey, [u8; 4]), E2eError> {
-    let k_enc: [u8; 32] = crypto::hkdf(epoch, sender_key, &[ENC_INFO, name.as_bytes()]);
-    let prefix: [u8; 4] = crypto::hkdf(epoch, sender_key, &[NONCE_INFO, name.as_bytes()]);
+    let (k_enc, prefix) = crypto::hkdf_key_and_prefix(
+        epoch,
+        sender_key,
+        &[ENC_INFO, name.as_bytes()],
+        &[NONCE_INFO, name.as_bytes()],
+    );
     Ok((crypto::aead_key(&k_enc).map_err(|_| E2eError::Seal)?, prefix))
 }
 
