@@ -295,6 +295,35 @@ async fn deliveries_are_acked_duplicates_dropped_failures_and_panics_nacked() {
     assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 7, requeue: false }), "no handler");
 }
 
+/// Payloads of 16 KiB and more are opened off the connection task; they go
+/// the same way to the handler as small ones: acked once handled, a
+/// duplicate acked but not handled again, an unknown version dead-lettered.
+#[tokio::test]
+async fn large_deliveries_are_acked_deduplicated_and_dead_lettered_like_small_ones() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let b = builder().handle("todos.create", [1], move |msg: Incoming, _r: Responder| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let len = msg.json::<String>().map(|t| t.len());
+        async move {
+            assert_eq!(len?, 40_000);
+            Ok::<_, Error>(())
+        }
+    });
+    let (_relay, mut peer, _h) = connected(b).await;
+    let big = format!("\"{}\"", "x".repeat(40_000));
+    let first = command("todos.create", false);
+    peer.send(deliver(1, &first, &big)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    peer.send(deliver(2, &first, &big)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![2] }), "duplicate acked");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "duplicate not handled again");
+    let mut v9 = command("todos.create", false);
+    v9.version = 9;
+    peer.send(deliver(3, &v9, &big)).await;
+    assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 3, requeue: false }), "no handler");
+}
+
 #[tokio::test]
 async fn a_request_yields_streamed_replies_until_the_final_one() {
     let (relay, mut peer, _h) = connected(builder()).await;
