@@ -1,6 +1,7 @@
 //! The payload seam: every message the relay sends passes through
 //! [`PayloadCodec::seal`], every payload it receives through
-//! [`PayloadCodec::open`].
+//! [`PayloadCodec::open`] (or, when large, its two halves
+//! [`PayloadCodec::begin_open`] and [`Opening::finish`]).
 //!
 //! [`Plain`] sends JSON bytes as they are; end-to-end sealing
 //! ([`RelayBuilder::end_to_end`](super::RelayBuilder::end_to_end)) plugs in here without touching the handlers or the

@@ -11,7 +11,9 @@
 //!
 //! It never runs user code itself (handlers get their own tasks) and never
 //! blocks on a channel a user drains: reply buffers are written with
-//! `try_send`.
+//! `try_send`. Large payloads are opened in tasks of their own, but only
+//! after the part of opening that needs the codec's state was done here, in
+//! delivery order; the result comes back here before the dedup window.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -623,7 +625,7 @@ impl<C: Connector> ConnectionTask<C> {
                 out.send(Outgoing::Shared(frame)).await.map_err(|_| writer_gone())?;
             }
             Command::Opened(delivery) => {
-                self.opening -= 1;
+                self.opening = self.opening.saturating_sub(1);
                 let OpenedDelivery { generation: of, deliver, header, id, opened } = *delivery;
                 if of != generation {
                     // Left unacknowledged on an old connection: redelivered.
