@@ -45,6 +45,8 @@ const MAX_ACK_BATCH: usize = 256;
 /// Payloads from this size on are opened off the connection task (see
 /// [`ConnectionTask::on_deliver`]): opening 64 KiB takes ~75 µs, long enough
 /// for the router to queue up behind a relay that reads and opens in turn.
+/// The router keeps at most `prefetch` deliveries unacknowledged, so at most
+/// that many opens run at once.
 const OPEN_ASIDE_BYTES: usize = 16 * 1024;
 
 /// Opens byte streams to the router.
