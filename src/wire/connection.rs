@@ -5,7 +5,9 @@
 //! Writes append to a buffer that is flushed once per batch, so a burst of
 //! frames costs one `write` (and one TLS record run), not one per frame.
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Check, FrameError};
@@ -118,26 +120,41 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub struct FrameWriter<W> {
     inner: W,
     buf: BytesMut,
+    /// Finished parts of the batch, in order, ahead of `buf`: encoded
+    /// frames and the large payloads written from their own buffers.
+    parts: VecDeque<Bytes>,
+    parts_len: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a writer.
     pub fn new(inner: W) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(16 * 1024) }
+        Self { inner, buf: BytesMut::with_capacity(16 * 1024), parts: VecDeque::new(), parts_len: 0 }
     }
 
     /// Appends a frame to the batch; nothing is written until [`flush`](Self::flush).
+    /// A large payload is not copied into the batch but written from its
+    /// own buffer ([`frame::encode_split`]).
     pub fn push(&mut self, frame: &Frame) {
-        frame::encode(frame, &mut self.buf);
+        if let Some(payload) = frame::encode_split(frame, &mut self.buf) {
+            let head = self.buf.split().freeze();
+            self.parts_len += head.len() + payload.len();
+            self.parts.push_back(head);
+            self.parts.push_back(payload);
+        }
     }
 
     /// Bytes waiting in the batch.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.parts_len + self.buf.len()
     }
 
     /// Writes the batch and flushes the stream.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        while let Some(part) = self.parts.pop_front() {
+            self.parts_len -= part.len();
+            self.inner.write_all(&part).await?;
+        }
         if !self.buf.is_empty() {
             self.inner.write_all(&self.buf).await?;
             self.buf.clear();
@@ -192,6 +209,33 @@ mod tests {
         }
         writing.await.unwrap().unwrap();
         assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    /// Large payloads go out from their own buffers, between the frames
+    /// around them: the reader gets every frame back, in order.
+    #[tokio::test]
+    async fn a_batch_with_large_payloads_reads_back_in_order() {
+        let large = |corr, fill| Frame {
+            body: Some(Body::Send(Send {
+                corr,
+                payload: Bytes::from(vec![fill; 70 * 1024]),
+                ..Default::default()
+            })),
+        };
+        let small = |corr| Frame { body: Some(Body::Send(Send { corr, ..Default::default() })) };
+        let frames = vec![small(1), large(2, 0xaa), large(3, 0xbb), small(4), large(5, 0xcc), small(6)];
+        let (tx, rx) = tokio::io::duplex(8 * 1024);
+        let mut writer = FrameWriter::new(tx);
+        for f in &frames {
+            writer.push(f);
+        }
+        assert_eq!(writer.pending(), frames.iter().map(|f| frame::to_bytes(f).len()).sum::<usize>());
+        let writing = tokio::spawn(async move { writer.flush().await.map(|()| writer.pending()) });
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        for f in &frames {
+            assert_eq!(&reader.read_frame().await.unwrap().unwrap(), f);
+        }
+        assert_eq!(writing.await.unwrap().unwrap(), 0, "nothing left after a flush");
     }
 
     #[tokio::test]

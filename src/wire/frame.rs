@@ -10,7 +10,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use super::messages::{Frame, RoutingHeader};
+use super::messages::{Body, Deliver, Frame, RoutingHeader, Send};
 
 /// Bytes in the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -89,6 +89,60 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let _ = frame.encode(out);
 }
 
+/// Payloads from this size on are written from their own buffer (see
+/// [`encode_split`]).
+pub const SPLIT_PAYLOAD: usize = 16 * 1024;
+
+/// [`encode`], except that the payload of a `Send` or `Deliver` of
+/// [`SPLIT_PAYLOAD`] bytes or more is not copied into `out`: it is
+/// returned, and the frame is `out`'s new bytes followed by it. The payload
+/// field then comes last in its message instead of in field order; protobuf
+/// readers take fields in any order, so the frame decodes the same (only
+/// its bytes differ from [`encode`]'s).
+pub fn encode_split(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
+    match &frame.body {
+        Some(Body::Send(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
+            let rest = Send { payload: Bytes::new(), ..m.clone() };
+            Some(encode_payload_last(SEND_TAG, &rest, &m.payload, out))
+        }
+        Some(Body::Deliver(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
+            let rest = Deliver { payload: Bytes::new(), ..m.clone() };
+            Some(encode_payload_last(DELIVER_TAG, &rest, &m.payload, out))
+        }
+        _ => {
+            encode(frame, out);
+            None
+        }
+    }
+}
+
+/// `Frame.body` field numbers of `Send` and `Deliver`, and the field number
+/// of `payload` in both (docs/exocom.proto).
+const SEND_TAG: u32 = 4;
+const DELIVER_TAG: u32 = 7;
+const PAYLOAD_TAG: u32 = 3;
+
+/// Writes the length prefix, the body's key and length, `rest` (the message
+/// without its payload) and the payload field's key and length; the payload
+/// bytes themselves are returned for the caller to write next.
+fn encode_payload_last(body_tag: u32, rest: &impl Message, payload: &Bytes, out: &mut BytesMut) -> Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let payload_field = key_len(PAYLOAD_TAG) + encoded_len_varint(payload.len() as u64) + payload.len();
+    let message_len = rest.encoded_len() + payload_field;
+    let frame_len = key_len(body_tag) + encoded_len_varint(message_len as u64) + message_len;
+    out.reserve(LENGTH_PREFIX + frame_len - payload.len());
+    // As in `encode`: the maximum frame is checked on both sides, so the
+    // length fits a u32.
+    out.put_u32(frame_len as u32);
+    encode_key(body_tag, WireType::LengthDelimited, out);
+    encode_varint(message_len as u64, out);
+    // Encoding into a BytesMut cannot fail (it grows).
+    let _ = rest.encode(out);
+    encode_key(PAYLOAD_TAG, WireType::LengthDelimited, out);
+    encode_varint(payload.len() as u64, out);
+    payload.clone()
+}
+
 /// Encodes one frame into a fresh buffer (tests, vectors, one-off writes).
 pub fn to_bytes(frame: &Frame) -> Bytes {
     let mut out = BytesMut::new();
@@ -109,7 +163,7 @@ pub fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, prost::DecodeError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::messages::{Body, Ping};
+    use crate::wire::messages::{Body, Ping, ServiceBlob};
 
     fn ping(n: u64) -> Frame {
         Frame { body: Some(Body::Ping(Ping { nonce: n })) }
@@ -131,6 +185,49 @@ mod tests {
     fn oversized_prefix_is_refused_before_reading_the_body() {
         let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
         assert!(matches!(decode(&mut buf, 1024), Err(FrameError::TooLarge { len: 0x100000, max: 1024 })));
+    }
+
+    /// A large payload written after the rest of its frame: the bytes
+    /// decode to the same frame, as long as `encode` makes it; small frames
+    /// are encoded exactly as `encode` does.
+    #[test]
+    fn a_split_frame_decodes_to_the_same_frame() {
+        let blob = |s: &str| ServiceBlob { service: s.into(), data: Bytes::from_static(b"0123456789abcdef") };
+        let payload = Bytes::from((0..SPLIT_PAYLOAD + 7).map(|i| i as u8).collect::<Vec<u8>>());
+        let send = Send {
+            corr: 9,
+            header: Bytes::from_static(b"header"),
+            payload: payload.clone(),
+            tags: vec![blob("todo"), blob("audit")],
+            grants: vec![blob("todo")],
+        };
+        let deliver = Deliver {
+            tag: 300,
+            header: Bytes::from_static(b"header"),
+            payload: payload.clone(),
+            sender: "web".into(),
+            sender_id: "spiffe://example.org/svc/web".into(),
+            timestamp_ms: 1_700_000_000_000,
+            attempt: 2,
+            auth_tag: Bytes::from_static(b"tag"),
+            grant: Bytes::from_static(b"grant"),
+        };
+        for frame in [Frame { body: Some(Body::Send(send)) }, Frame { body: Some(Body::Deliver(deliver)) }] {
+            let mut out = BytesMut::new();
+            let tail = encode_split(&frame, &mut out).expect("a large payload is split off");
+            assert_eq!(tail, payload);
+            assert!(out.len() < 200, "the payload was copied: {} bytes", out.len());
+            out.extend_from_slice(&tail);
+            assert_eq!(out.len(), to_bytes(&frame).len());
+            assert_eq!(decode(&mut out, DEFAULT_MAX_FRAME).unwrap(), Some(frame));
+            assert!(out.is_empty());
+        }
+        let mut small = Send { payload: Bytes::from_static(b"x"), ..Default::default() };
+        small.corr = 1;
+        let small = Frame { body: Some(Body::Send(small)) };
+        let mut out = BytesMut::new();
+        assert!(encode_split(&small, &mut out).is_none());
+        assert_eq!(out.freeze(), to_bytes(&small));
     }
 
     #[test]
