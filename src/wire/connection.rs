@@ -3,7 +3,9 @@
 //! Reads fill a buffer (a large frame gets a block of its own) and split
 //! frames off it without copying.
 //! Writes append to a buffer that is flushed once per batch, so a burst of
-//! frames costs one `write` (and one TLS record run), not one per frame.
+//! frames costs one `write` (and one TLS record run), not one per frame; a
+//! large payload is not copied into that buffer but written from its own,
+//! right after the rest of its frame.
 
 use std::collections::VecDeque;
 
