@@ -100,10 +100,7 @@ async fn a_sealed_event_reaches_both_services_the_policy_names() {
 #[tokio::test]
 async fn a_service_that_connects_later_opens_its_backlog() {
     let bus = TestBus::start().await;
-    // mailer announces its key once, then goes away.
-    let first = bus.sealed("mailer").connect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.close().await;
+    mailer_announces_and_leaves(&bus).await;
 
     let web = bus.sealed("web").connect().await.unwrap();
     for i in 0..3 {
@@ -269,10 +266,7 @@ async fn after_a_router_restart_new_messages_carry_new_grants() {
 async fn a_sealed_backlog_survives_a_router_restart() {
     let bus = TestBus::start_with(BusOptions { data_dir: true, ..Default::default() }).await;
     let addr = bus.addr;
-    // mailer announces its key once, then goes away.
-    let first = bus.sealed("mailer").connect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.close().await;
+    mailer_announces_and_leaves(&bus).await;
     let web = bus.sealed("web").connect().await.unwrap();
     for i in 0..3 {
         web.publish("user.created", &serde_json::json!({"n": i})).await.unwrap();
@@ -322,9 +316,7 @@ async fn a_sender_keeps_the_keys_it_verified_across_a_router_restart() {
 #[tokio::test]
 async fn a_burst_of_large_and_small_messages_from_two_senders_opens_in_full() {
     let bus = TestBus::start().await;
-    let first = bus.sealed("mailer").connect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.close().await;
+    mailer_announces_and_leaves(&bus).await;
     let webs = [bus.sealed("web").connect().await.unwrap(), bus.sealed("web").connect().await.unwrap()];
     let pad = "x".repeat(40_000);
     const COUNT: u64 = 60;
@@ -349,6 +341,14 @@ async fn a_burst_of_large_and_small_messages_from_two_senders_opens_in_full() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(rx.try_recv().is_err(), "a message was handled twice");
     assert_eq!(mailer.rejections().total(), 0, "{:?}", mailer.rejections().snapshot());
+}
+
+/// mailer announces its key once, then goes away (senders can seal to it,
+/// and what they send waits in its queue).
+async fn mailer_announces_and_leaves(bus: &TestBus) {
+    let first = bus.sealed("mailer").connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.close().await;
 }
 
 async fn a_new_mailer_reads(bus: &TestBus, ns: &[i64]) {

@@ -26,9 +26,16 @@ impl hkdf::KeyType for Len {
 
 /// HKDF-SHA256 (RFC 5869) with `info` the concatenation of `info` parts.
 pub(crate) fn hkdf<const N: usize>(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> [u8; N] {
+    expand(&extract(salt, ikm), info)
+}
+
+fn extract(salt: &[u8], ikm: &[u8]) -> hkdf::Prk {
+    hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm)
+}
+
+fn expand<const N: usize>(prk: &hkdf::Prk, info: &[&[u8]]) -> [u8; N] {
     const { assert!(N <= 255 * 32, "HKDF-SHA256 output is at most 8160 bytes") };
     let mut out = [0u8; N];
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
     // expand/fill fail only for lengths over 255 * 32, ruled out above.
     if let Ok(okm) = prk.expand(info, Len(N)) {
         let _ = okm.fill(&mut out);
@@ -46,16 +53,8 @@ pub(crate) fn hkdf_key_and_prefix(
     key_info: &[&[u8]],
     prefix_info: &[&[u8]],
 ) -> ([u8; KEY_LEN], [u8; 4]) {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
-    let (mut key, mut prefix) = ([0u8; KEY_LEN], [0u8; 4]);
-    // expand/fill fail only for lengths over 255 * 32.
-    if let Ok(okm) = prk.expand(key_info, Len(KEY_LEN)) {
-        let _ = okm.fill(&mut key);
-    }
-    if let Ok(okm) = prk.expand(prefix_info, Len(4)) {
-        let _ = okm.fill(&mut prefix);
-    }
-    (key, prefix)
+    let prk = extract(salt, ikm);
+    (expand(&prk, key_info), expand(&prk, prefix_info))
 }
 
 /// A ChaCha20-Poly1305 key ready for use.

@@ -109,10 +109,20 @@ pub trait Opening: Send + 'static {
     fn finish(self: Box<Self>, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError>;
 }
 
-/// Opened already: nothing is left to do.
-impl Opening for Opened {
-    fn finish(self: Box<Self>, _deliver: &Deliver, _header: &RoutingHeader) -> Result<Opened, CodecError> {
-        Ok(*self)
+/// What [`PayloadCodec::begin_open`] gives.
+pub enum Begun {
+    /// Opened already (a codec with nothing costly to do).
+    Opened(Opened),
+    /// The rest, to finish off the connection task.
+    Opening(Box<dyn Opening>),
+}
+
+impl fmt::Debug for Begun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Opened(opened) => f.debug_tuple("Opened").field(opened).finish(),
+            Self::Opening(_) => f.write_str("Opening(..)"),
+        }
     }
 }
 
@@ -158,8 +168,8 @@ pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
     /// and does what needs the codec's state (an end-to-end grant comes
     /// with its epoch's first delivery only); [`Opening::finish`] does the
     /// rest anywhere. The default opens it all here.
-    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Box<dyn Opening>, CodecError> {
-        Ok(Box::new(self.open(deliver, header)?))
+    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Begun, CodecError> {
+        self.open(deliver, header).map(Begun::Opened)
     }
 
     /// Opens a reply to a request that came without a [`ReplyOpening`].

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::codec::{CodecError, Opened, SealedPayload};
+use super::codec::{Begun, CodecError, Opened, SealedPayload};
 use super::dedup::{DedupWindow, MessageId, Verdict};
 use super::error::{Error, ErrorKind};
 use super::handler::{HandlerFn, HandlerTable, Incoming, Responder};
@@ -480,21 +480,24 @@ impl<C: Connector> ConnectionTask<C> {
         // of its own, so this task reads the next frame meanwhile; what needs
         // the codec's state (a grant comes with its epoch's first delivery
         // only) is still done here, in delivery order.
-        if d.payload.len() >= OPEN_ASIDE_BYTES {
-            let opening = match self.shared.codec.begin_open(&d, &header) {
-                Ok(opening) => opening,
-                Err(err) => return self.on_opened(d, header, id, Err(err), generation, out).await,
-            };
-            self.opening += 1;
-            let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move {
-                let opened = opening.finish(&d, &header);
-                let delivery = OpenedDelivery { generation, deliver: d, header, id, opened };
-                let _ = shared.commands.send(Command::Opened(Box::new(delivery))).await;
-            });
-            return Ok(());
-        }
-        let opened = self.shared.codec.open(&d, &header);
+        let opened = if d.payload.len() >= OPEN_ASIDE_BYTES {
+            match self.shared.codec.begin_open(&d, &header) {
+                Ok(Begun::Opening(opening)) => {
+                    self.opening += 1;
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        let opened = opening.finish(&d, &header);
+                        let delivery = OpenedDelivery { generation, deliver: d, header, id, opened };
+                        let _ = shared.commands.send(Command::Opened(Box::new(delivery))).await;
+                    });
+                    return Ok(());
+                }
+                Ok(Begun::Opened(opened)) => Ok(opened),
+                Err(err) => Err(err),
+            }
+        } else {
+            self.shared.codec.open(&d, &header)
+        };
         self.on_opened(d, header, id, opened, generation, out).await
     }
 

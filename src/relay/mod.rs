@@ -63,7 +63,7 @@ use uuid::Uuid;
 pub use breaker::BreakerConfig;
 pub use builder::RelayBuilder;
 pub use codec::{
-    CodecError, Opened, Opening, PayloadCodec, Plain, ReplyOpening, ReplySealing, SEAL_PLAIN, Sealed,
+    Begun, CodecError, Opened, Opening, PayloadCodec, Plain, ReplyOpening, ReplySealing, SEAL_PLAIN, Sealed,
     SealedPayload,
 };
 pub use error::{BoxError, Error, ErrorKind};

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::codec::{
-    CodecError, Opened, Opening, PayloadCodec, ReplyOpening, ReplySealing, Sealed, SealedPayload,
+    Begun, CodecError, Opened, Opening, PayloadCodec, ReplyOpening, ReplySealing, Sealed, SealedPayload,
 };
 use super::error::{Error, ErrorKind};
 use super::rejections::Rejections;
@@ -293,18 +293,17 @@ impl PayloadCodec for E2e {
     }
 
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
-        let unsealing = lock(&self.opener).begin(deliver, header, now_ms()).map_err(rejected)?;
+        let unsealing = self.begin(deliver, header)?;
         finish_open(unsealing, deliver, header, &self.policy.load(), &self.my_id, &self.instance)
     }
 
-    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Box<dyn Opening>, CodecError> {
-        let unsealing = lock(&self.opener).begin(deliver, header, now_ms()).map_err(rejected)?;
-        Ok(Box::new(E2eOpening {
-            unsealing,
+    fn begin_open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Begun, CodecError> {
+        Ok(Begun::Opening(Box::new(E2eOpening {
+            unsealing: self.begin(deliver, header)?,
             policy: self.policy.load_full(),
             my_id: self.my_id.clone(),
             instance: self.instance.clone(),
-        }))
+        })))
     }
 
     fn processed(&self, header: &RoutingHeader) {
@@ -504,6 +503,11 @@ fn rejected(err: OpenError) -> CodecError {
 }
 
 impl E2e {
+    /// The half of opening that needs the opener's state (in delivery order).
+    fn begin(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Unsealing, CodecError> {
+        lock(&self.opener).begin(deliver, header, now_ms()).map_err(rejected)
+    }
+
     /// Re-reads the trusted policy when its file or signature changed. A file
     /// that does not load or verify, or whose serial is lower than the one in
     /// force, leaves the policy in force.

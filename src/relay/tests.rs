@@ -295,9 +295,11 @@ async fn deliveries_are_acked_duplicates_dropped_failures_and_panics_nacked() {
     assert_eq!(peer.expect().await, Body::Nack(crate::wire::Nack { tag: 7, requeue: false }), "no handler");
 }
 
-/// Payloads of 16 KiB and more are opened off the connection task; they go
-/// the same way to the handler as small ones: acked once handled, a
-/// duplicate acked but not handled again, an unknown version dead-lettered.
+/// Payloads of 16 KiB and more go through `begin_open` (a sealing codec
+/// finishes them off the connection task; this plain one opens them at
+/// once); they go the same way to the handler as small ones: acked once
+/// handled, a duplicate acked but not handled again, an unknown version
+/// dead-lettered.
 #[tokio::test]
 async fn large_deliveries_are_acked_deduplicated_and_dead_lettered_like_small_ones() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -125,13 +125,12 @@ pub struct FrameWriter<W> {
     /// Finished parts of the batch, in order, ahead of `buf`: encoded
     /// frames and the large payloads written from their own buffers.
     parts: VecDeque<Bytes>,
-    parts_len: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a writer.
     pub fn new(inner: W) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(16 * 1024), parts: VecDeque::new(), parts_len: 0 }
+        Self { inner, buf: BytesMut::with_capacity(16 * 1024), parts: VecDeque::new() }
     }
 
     /// Appends a frame to the batch; nothing is written until [`flush`](Self::flush).
@@ -139,22 +138,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// own buffer ([`frame::encode_split`]).
     pub fn push(&mut self, frame: &Frame) {
         if let Some(payload) = frame::encode_split(frame, &mut self.buf) {
-            let head = self.buf.split().freeze();
-            self.parts_len += head.len() + payload.len();
-            self.parts.push_back(head);
+            self.parts.push_back(self.buf.split().freeze());
             self.parts.push_back(payload);
         }
     }
 
     /// Bytes waiting in the batch.
     pub fn pending(&self) -> usize {
-        self.parts_len + self.buf.len()
+        self.parts.iter().map(Bytes::len).sum::<usize>() + self.buf.len()
     }
 
     /// Writes the batch and flushes the stream.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
         while let Some(part) = self.parts.pop_front() {
-            self.parts_len -= part.len();
             self.inner.write_all(&part).await?;
         }
         if !self.buf.is_empty() {
