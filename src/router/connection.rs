@@ -7,25 +7,24 @@
 //! and never affects another connection. It checks each send against the
 //! policy before the core sees it, so the core only routes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::core::{Command, ConnHandle, Outbound, Route};
+use super::core::{Command, ConnHandle, Durable, Outbound, Route};
 use super::decisions::SendCache;
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
@@ -531,7 +530,30 @@ fn fill(r: &mut Record, msg: &Message, rule: &Arc<str>) {
     r.decision = Some(audit::Decision::Allow);
 }
 
-type PendingFrame = Pin<Box<dyn Future<Output = Frame> + Send>>;
+/// An `Accepted` waiting for its send's audit and store writes. Answers go
+/// out in send order, so only the oldest is polled: a later one that is
+/// ready waits for it anyway.
+struct PendingAccept {
+    corr: u64,
+    receivers: u32,
+    durable: Option<Durable>,
+    /// The send's in-flight slot, released once its answer is taken for writing.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The answer to the oldest pending send, once its writes are done.
+fn poll_oldest(pending: &mut VecDeque<PendingAccept>, cx: &mut Context<'_>) -> Poll<Frame> {
+    let Some(oldest) = pending.front_mut() else { return Poll::Pending };
+    let result = match oldest.durable.as_mut() {
+        None => Ok(()),
+        Some(durable) => ready!(Pin::new(durable).poll(cx)),
+    };
+    let Some(PendingAccept { corr, receivers, .. }) = pending.pop_front() else { return Poll::Pending };
+    Poll::Ready(match result {
+        Ok(()) => accepted(corr, receivers),
+        Err(code) => error_frame(corr, code, "the message could not be made durable; it was not accepted"),
+    })
+}
 
 /// The writer: batches frames into as few writes as possible; `Accepted`
 /// frames wait, in order, for their audit and store writes.
@@ -540,15 +562,15 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
 ) -> Result<(), ConnectionError> {
     const BATCH_BYTES: usize = 256 * 1024;
-    let mut pending: FuturesOrdered<PendingFrame> = FuturesOrdered::new();
+    let mut pending: VecDeque<PendingAccept> = VecDeque::new();
     let mut open = true;
     while open || !pending.is_empty() {
         tokio::select! {
             biased;
-            Some(frame) = pending.next(), if !pending.is_empty() => {
+            frame = std::future::poll_fn(|cx| poll_oldest(&mut pending, cx)), if !pending.is_empty() => {
                 writer.push(&frame);
                 // Accepts resolve a whole audit batch at a time: take every ready one.
-                while let Some(Some(frame)) = pending.next().now_or_never() {
+                while let Poll::Ready(frame) = poll_oldest(&mut pending, &mut Context::from_waker(Waker::noop())) {
                     writer.push(&frame);
                 }
             }
@@ -573,7 +595,7 @@ async fn write_loop(
 /// Moves what is already queued into the batch, up to `max` bytes.
 fn drain(
     writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
-    pending: &mut FuturesOrdered<PendingFrame>,
+    pending: &mut VecDeque<PendingAccept>,
     rx: &mut mpsc::Receiver<Outbound>,
     max: usize,
 ) {
@@ -587,7 +609,7 @@ fn drain(
 
 fn push(
     writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
-    pending: &mut FuturesOrdered<PendingFrame>,
+    pending: &mut VecDeque<PendingAccept>,
     out: Outbound,
 ) {
     match out {
@@ -596,18 +618,9 @@ fn push(
         Outbound::Accept { corr, receivers, durable: None, .. } if pending.is_empty() => {
             writer.push(&accepted(corr, receivers))
         }
-        Outbound::Accept { corr, receivers, durable, permit } => pending.push_back(Box::pin(async move {
-            let _permit = permit;
-            match durable {
-                None => accepted(corr, receivers),
-                Some(d) => match d.await {
-                    Ok(()) => accepted(corr, receivers),
-                    Err(code) => {
-                        error_frame(corr, code, "the message could not be made durable; it was not accepted")
-                    }
-                },
-            }
-        })),
+        Outbound::Accept { corr, receivers, durable, permit } => {
+            pending.push_back(PendingAccept { corr, receivers, durable, _permit: permit })
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,8 +34,36 @@ use crate::shutdown::Shutdown;
 use crate::store::{Entry, Store, StoreTicket};
 use crate::wire::{Body, Deliver, Error, ErrorCode, Frame, ServiceBlob, Subscription};
 
-/// A future that says whether an accepted send became durable and audited.
-pub type Durable = Pin<Box<dyn Future<Output = Result<(), ErrorCode>> + Send>>;
+/// What an accepted send waits for before its `Accepted` is written: its
+/// audit line and its store writes. A future that says whether they
+/// succeeded; a plain struct rather than a boxed future, so an accepted send
+/// costs no allocation here.
+pub struct Durable {
+    audit: Option<audit::Ticket>,
+    /// Awaited from the last; all must succeed, so the order is immaterial.
+    store: Vec<StoreTicket>,
+}
+
+impl Future for Durable {
+    type Output = Result<(), ErrorCode>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(ticket) = this.audit.as_mut() {
+            if ready!(Pin::new(ticket).poll(cx)).is_err() {
+                return Poll::Ready(Err(ErrorCode::AuditUnavailable));
+            }
+            this.audit = None;
+        }
+        while let Some(ticket) = this.store.last_mut() {
+            if ready!(ticket.as_mut().poll(cx)).is_err() {
+                return Poll::Ready(Err(ErrorCode::StoreUnavailable));
+            }
+            this.store.pop();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// What a connection's writer is asked to write.
 pub enum Outbound {
@@ -874,18 +903,7 @@ fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, grant: Byt
 }
 
 fn combine(audit: Option<audit::Ticket>, store: Vec<StoreTicket>) -> Option<Durable> {
-    if audit.is_none() && store.is_empty() {
-        return None;
-    }
-    Some(Box::pin(async move {
-        if let Some(t) = audit {
-            t.await.map_err(|_| ErrorCode::AuditUnavailable)?;
-        }
-        for t in store {
-            t.await.map_err(|_| ErrorCode::StoreUnavailable)?;
-        }
-        Ok(())
-    }))
+    (audit.is_some() || !store.is_empty()).then_some(Durable { audit, store })
 }
 
 /// Writes one audit record about a message. A record that cannot be queued

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::wire::Kind;
+use prost::Message as _;
+
+use crate::wire::{Kind, RoutingHeaderView};
 
 /// Identifies one connection (one relay instance connection) in the router.
 pub type ConnId = u64;
@@ -21,6 +23,9 @@ pub enum HeaderError {
     /// The header bytes are not a valid `RoutingHeader`.
     #[error("routing header does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// A string field of the header is not UTF-8.
+    #[error("routing header does not decode: a string field is not UTF-8")]
+    Utf8,
     /// The name is empty or not dotted lowercase tokens.
     #[error("invalid message name {0:?}: expected dot-separated tokens of a-z 0-9 _ -")]
     Name(String),
@@ -101,8 +106,13 @@ impl Message {
         sender: Sender,
         now_ms: u64,
     ) -> Result<Message, HeaderError> {
-        let h = crate::wire::frame::decode_header(&header)?;
-        check_name(&h.name)?;
+        // The router's reading of the header: its strings stay slices of
+        // `header` (no allocation but the name's `Arc`).
+        let h = RoutingHeaderView::decode(header.clone())?;
+        utf8(&h.sender)?;
+        utf8(&h.sender_instance)?;
+        let name = utf8(&h.name)?;
+        check_name(name)?;
         let id = uuid16(&h.id).ok_or(HeaderError::Id(h.id.len()))?;
         let origin_id = optional_uuid(&h.origin_id, "origin_id")?;
         let response_to = optional_uuid(&h.response_to, "response_to")?;
@@ -112,13 +122,15 @@ impl Message {
         }
         Ok(Message {
             id,
-            name: Arc::from(h.name),
+            name: Arc::from(name),
             version: h.version.max(1),
             kind,
             origin_id,
             response_to,
             expects_reply: h.expects_reply && kind == Kind::Command,
-            partition_key: (!h.partition_key.is_empty()).then(|| Arc::from(h.partition_key)),
+            partition_key: (!h.partition_key.is_empty())
+                .then(|| utf8(&h.partition_key).map(Arc::from))
+                .transpose()?,
             expires_at_ms: h.expires_at_ms,
             stream_final: h.stream_final,
             epoch: h.epoch,
@@ -144,6 +156,11 @@ impl Message {
     pub fn size(&self) -> u64 {
         (self.header.len() + self.payload.len()) as u64
     }
+}
+
+/// A string field of the header, checked to be UTF-8.
+fn utf8(field: &Bytes) -> Result<&str, HeaderError> {
+    std::str::from_utf8(field).map_err(|_| HeaderError::Utf8)
 }
 
 /// Checks a message name: dot-separated, non-empty tokens of `a-z0-9_-`.
@@ -224,5 +241,55 @@ mod tests {
         for b in bad {
             assert!(Message::from_send(b, Bytes::new(), sender(), 0).is_err());
         }
+    }
+
+    /// The router reads headers through `RoutingHeaderView`, which leaves
+    /// strings as bytes: it must refuse exactly the bytes a `RoutingHeader`
+    /// does not decode from, and read the same name and partition key from
+    /// the others. Every byte of a header with every field set is replaced
+    /// by values that break lengths, wire types, varints and UTF-8.
+    #[test]
+    fn the_header_view_refuses_what_the_full_header_refuses() {
+        use prost::Message as _;
+        let full = header(|h| {
+            h.origin_id = Bytes::copy_from_slice(Uuid::now_v7().as_bytes());
+            h.sender = "spiffe://example.org/svc/web".into();
+            h.sender_instance = "i-1".into();
+            h.expects_reply = true;
+            h.partition_key = "key-7".into();
+            h.expires_at_ms = 1 << 40;
+            h.stream_seq = 3;
+            h.seal = 1;
+            h.epoch = Bytes::from_static(&[7; 16]);
+            h.seq = 300;
+            h.policy_serial = 9;
+        });
+        let (mut refused, mut read) = (0, 0);
+        for at in 0..full.len() {
+            for value in [0x00, 0x02, 0x07, 0x0a, 0x7f, 0x80, 0xc3, 0xff] {
+                let mut bytes = full.to_vec();
+                bytes[at] = value;
+                let bytes = Bytes::from(bytes);
+                let reference = RoutingHeader::decode(bytes.clone());
+                match Message::from_send(bytes, Bytes::new(), sender(), 0) {
+                    Err(HeaderError::Decode(_) | HeaderError::Utf8) => {
+                        assert!(
+                            reference.is_err(),
+                            "byte {at} = {value:#x}: refused, but a RoutingHeader decodes"
+                        );
+                        refused += 1;
+                    }
+                    other => {
+                        let h = reference.unwrap_or_else(|e| panic!("byte {at} = {value:#x}: read, but {e}"));
+                        if let Ok(m) = other {
+                            assert_eq!(&*m.name, h.name);
+                            assert_eq!(m.partition_key.as_deref().unwrap_or(""), h.partition_key);
+                            read += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(refused > 50 && read > 50, "refused {refused}, read {read}");
     }
 }

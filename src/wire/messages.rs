@@ -337,6 +337,68 @@ pub struct RoutingHeader {
     pub policy_serial: u64,
 }
 
+/// The router's reading of a [`RoutingHeader`]: the same fields under the
+/// same tags, with the string fields left as the bytes they arrived in
+/// (protobuf encodes `string` and `bytes` alike), so decoding it from a
+/// `Bytes` buffer slices instead of allocating. A reader must check that
+/// `name`, `sender`, `sender_instance` and `partition_key` are UTF-8, as
+/// decoding a `RoutingHeader` does; every field is declared, so wire types
+/// and varints are checked as they are for a `RoutingHeader`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoutingHeaderView {
+    /// [`RoutingHeader::name`], as bytes.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    /// [`RoutingHeader::version`].
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    /// [`RoutingHeader::id`].
+    #[prost(bytes = "bytes", tag = "3")]
+    pub id: Bytes,
+    /// [`RoutingHeader::origin_id`].
+    #[prost(bytes = "bytes", tag = "4")]
+    pub origin_id: Bytes,
+    /// [`RoutingHeader::response_to`].
+    #[prost(bytes = "bytes", tag = "5")]
+    pub response_to: Bytes,
+    /// [`RoutingHeader::kind`].
+    #[prost(enumeration = "Kind", tag = "6")]
+    pub kind: i32,
+    /// [`RoutingHeader::sender`], as bytes.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub sender: Bytes,
+    /// [`RoutingHeader::sender_instance`], as bytes.
+    #[prost(bytes = "bytes", tag = "8")]
+    pub sender_instance: Bytes,
+    /// [`RoutingHeader::expects_reply`].
+    #[prost(bool, tag = "9")]
+    pub expects_reply: bool,
+    /// [`RoutingHeader::partition_key`], as bytes.
+    #[prost(bytes = "bytes", tag = "10")]
+    pub partition_key: Bytes,
+    /// [`RoutingHeader::expires_at_ms`].
+    #[prost(uint64, tag = "11")]
+    pub expires_at_ms: u64,
+    /// [`RoutingHeader::stream_seq`].
+    #[prost(uint64, tag = "12")]
+    pub stream_seq: u64,
+    /// [`RoutingHeader::stream_final`].
+    #[prost(bool, tag = "13")]
+    pub stream_final: bool,
+    /// [`RoutingHeader::seal`].
+    #[prost(uint32, tag = "14")]
+    pub seal: u32,
+    /// [`RoutingHeader::epoch`].
+    #[prost(bytes = "bytes", tag = "15")]
+    pub epoch: Bytes,
+    /// [`RoutingHeader::seq`].
+    #[prost(uint64, tag = "16")]
+    pub seq: u64,
+    /// [`RoutingHeader::policy_serial`].
+    #[prost(uint64, tag = "17")]
+    pub policy_serial: u64,
+}
+
 /// What kind of message a header describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
