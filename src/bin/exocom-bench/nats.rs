@@ -117,7 +117,12 @@ impl Nats {
             .require_tls(true)
             .add_root_certificates(certs.join("ca.pem"))
             .add_client_certificate(certs.join("cert.pem"), certs.join("key.pem"))
-            .subscription_capacity(1 << 16)
+            // NATS core has no flow control: a subscriber whose buffer is
+            // full loses messages (async-nats drops them as a slow
+            // consumer). W3's four subscribers fell behind a publisher with
+            // 65,536 and lost 2-3 % of the deliveries; a buffer that holds a
+            // whole workload lets every run finish and be compared.
+            .subscription_capacity(1 << 20)
             .request_timeout(Some(Duration::from_secs(30)))
             .connect(format!("tls://{}", self.addr))
             .await
