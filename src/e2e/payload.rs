@@ -10,6 +10,7 @@
 //! It lives inside the AEAD, so the router never sees the reply key. It is
 //! parsed only after the AEAD verified.
 
+use super::crypto;
 use super::reply::ReplyKey;
 
 /// Envelope version.
@@ -34,7 +35,10 @@ pub enum PayloadError {
 /// Writes the envelope and the application payload into a buffer with room
 /// for the AEAD tag.
 pub(crate) fn encode(reply_key: Option<&ReplyKey>, app: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(2 + 32 + app.len() + 16);
+    // Exactly the sealed length: a `Vec` whose length is its capacity
+    // becomes `Bytes` without another allocation.
+    let key_len = reply_key.map_or(0, |k| k.as_bytes().len());
+    let mut buf = Vec::with_capacity(2 + key_len + app.len() + crypto::AEAD_TAG_LEN);
     buf.push(VERSION);
     match reply_key {
         Some(k) => {

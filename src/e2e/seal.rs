@@ -67,6 +67,8 @@ struct EpochKeys {
 
 struct Epoch {
     id: [u8; 16],
+    /// `id` for the headers (shared, not copied per message).
+    id_bytes: Bytes,
     keys: Arc<EpochKeys>,
     started_ms: u64,
     next_seq: u64,
@@ -137,7 +139,7 @@ impl Sealer {
         now_ms: u64,
     ) -> Result<Prepared, E2eError> {
         check_header(&header)?;
-        let set = receiver_set(receivers)?;
+        check_receiver_count(receivers)?;
         let config = self.config;
         let rotate = match self.epochs.get(&header.name) {
             None => true,
@@ -145,11 +147,12 @@ impl Sealer {
                 now_ms.saturating_sub(e.started_ms) >= config.max_age_ms
                     || e.next_seq >= config.max_messages
                     || e.next_seq == u64::MAX
-                    || e.receivers != set
+                    || !is_set(&e.receivers, receivers)
                     || e.policy_serial != policy_serial
             }
         };
         if rotate {
+            let set = receiver_set(receivers)?;
             let epoch = self.new_epoch(&header.name, receivers, set, policy_serial, now_ms)?;
             self.epochs.insert(header.name.clone(), epoch);
         }
@@ -158,11 +161,12 @@ impl Sealer {
         epoch.next_seq += 1;
 
         header.seal = SEAL_V1;
-        header.epoch = Bytes::copy_from_slice(&epoch.id);
+        header.epoch = epoch.id_bytes.clone();
         header.seq = seq;
         header.policy_serial = policy_serial;
-        header.sender = self.identity.spiffe_id().to_owned();
-        header.sender_instance = self.instance.clone();
+        // The relay built the header with these already: no copy then.
+        set_str(&mut header.sender, self.identity.spiffe_id());
+        set_str(&mut header.sender_instance, &self.instance);
         let reply_key = if header.expects_reply { Some(ReplyKey::generate()?) } else { None };
         let header_bytes = Bytes::from(header.encode_to_vec());
         Ok(Prepared {
@@ -241,6 +245,7 @@ impl Sealer {
         tracing::debug!(name, receivers = receivers.len(), "new sender-key epoch");
         Ok(Epoch {
             id,
+            id_bytes: Bytes::copy_from_slice(&id),
             keys: Arc::new(EpochKeys { aead, nonce_prefix, tag_keys }),
             started_ms: now_ms,
             next_seq: 0,
@@ -318,13 +323,43 @@ fn check_header(header: &RoutingHeader) -> Result<(), E2eError> {
     Ok(())
 }
 
-fn receiver_set(receivers: &[VerifiedAnnouncement]) -> Result<Vec<(String, [u8; 8])>, E2eError> {
+fn check_receiver_count(receivers: &[VerifiedAnnouncement]) -> Result<(), E2eError> {
     if receivers.is_empty() {
         return Err(E2eError::NoReceivers);
     }
     if receivers.len() > MAX_GRANTS_PER_FRAME {
         return Err(E2eError::TooManyReceivers { n: receivers.len(), max: MAX_GRANTS_PER_FRAME });
     }
+    Ok(())
+}
+
+/// Whether `receivers` are, in some order, exactly the (SPIFFE id, key id)
+/// pairs of `set` (an epoch's, sorted and without repeats), so its epoch
+/// still fits; asked per message, so it compares instead of building the
+/// set again. Every receiver is in `set`, none twice, and there are as many.
+fn is_set(set: &[(String, [u8; 8])], receivers: &[VerifiedAnnouncement]) -> bool {
+    fn pair(r: &VerifiedAnnouncement) -> (&str, [u8; 8]) {
+        (r.spiffe_id.as_str(), r.key_id)
+    }
+    set.len() == receivers.len()
+        && receivers.iter().enumerate().all(|(i, r)| {
+            set.binary_search_by(|(id, key)| (id.as_str(), *key).cmp(&pair(r))).is_ok()
+                && !receivers[..i].iter().any(|q| pair(q) == pair(r))
+        })
+}
+
+/// Sets `field` to `value`, reusing its buffer.
+fn set_str(field: &mut String, value: &str) {
+    if field != value {
+        field.clear();
+        field.push_str(value);
+    }
+}
+
+/// The identity of a receiver set: its (SPIFFE id, key id) pairs, sorted.
+/// Refuses two receivers of one service.
+fn receiver_set(receivers: &[VerifiedAnnouncement]) -> Result<Vec<(String, [u8; 8])>, E2eError> {
+    check_receiver_count(receivers)?;
     let mut set: Vec<_> = receivers.iter().map(|r| (r.spiffe_id.clone(), r.key_id)).collect();
     set.sort();
     let mut services: Vec<&str> = receivers.iter().map(|r| r.service.as_str()).collect();

@@ -435,6 +435,28 @@ fn epochs_rotate_on_count_age_overflow_receivers_serial_and_restart() {
     assert_ne!(after.epoch, fewer.epoch);
 }
 
+/// The receiver set is compared per message without being rebuilt: the same
+/// receivers in another order keep the epoch; a repeated receiver in place
+/// of another (as many receivers as before, each one in the set) does not,
+/// and is refused; a changed receive key starts a new epoch.
+#[test]
+fn the_receiver_set_is_compared_as_a_set() {
+    let mut w = world();
+    let now = now_ms();
+    let (a, b) = (w.receivers[0].clone(), w.receivers[1].clone());
+    let first = w.sealer.seal(header("n.a"), &[a.clone(), b.clone()], 1, b"x", now).unwrap();
+    let swapped = w.sealer.seal(header("n.a"), &[b.clone(), a.clone()], 1, b"x", now).unwrap();
+    assert_eq!((swapped.epoch, swapped.seq), (first.epoch, 1), "same set, other order");
+    assert!(matches!(
+        w.sealer.seal(header("n.a"), &[a.clone(), a.clone()], 1, b"x", now),
+        Err(E2eError::DuplicateReceiver(_))
+    ));
+    let mut rekeyed = b.clone();
+    rekeyed.key_id[0] ^= 1;
+    let after = w.sealer.seal(header("n.a"), &[a, rekeyed], 1, b"x", now).unwrap();
+    assert_ne!(after.epoch, first.epoch, "a changed key id is another set");
+}
+
 #[test]
 fn nonces_never_repeat() {
     let mut w = world_with(EpochConfig { max_age_ms: u64::MAX, max_messages: 5000 });
