@@ -627,3 +627,61 @@ fn push(
 fn accepted(corr: u64, receivers: u32) -> Frame {
     Frame { body: Some(Body::Accepted(Accepted { corr, receivers })) }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::store::{StoreError, StoreTicket};
+
+    fn store_write(rx: oneshot::Receiver<Result<(), StoreError>>) -> StoreTicket {
+        Box::pin(
+            async move { rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("writer gone".into()))) },
+        )
+    }
+
+    fn answer(frame: Frame) -> (u64, Result<u32, i32>) {
+        match frame.body {
+            Some(Body::Accepted(a)) => (a.corr, Ok(a.receivers)),
+            Some(Body::Error(e)) => (e.corr, Err(e.code)),
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    /// Answers wait for their own writes and go out in send order, whichever
+    /// write finishes first; a failed write refuses its send; each send's
+    /// in-flight slot is released as its answer is taken.
+    #[test]
+    fn answers_go_out_in_send_order_and_a_failed_write_refuses_its_send() {
+        let slots = Arc::new(Semaphore::new(3));
+        let slot = || Some(Arc::clone(&slots).try_acquire_owned().unwrap());
+        let ((tx1, rx1), (tx2, rx2)) = (oneshot::channel(), oneshot::channel());
+        let mut pending = VecDeque::new();
+        for (corr, rx) in [(1, rx1), (2, rx2)] {
+            let durable = super::super::core::combine(None, vec![store_write(rx)]);
+            pending.push_back(PendingAccept { corr, receivers: 1, durable, _permit: slot() });
+        }
+        pending.push_back(PendingAccept { corr: 3, receivers: 0, durable: None, _permit: slot() });
+        let cx = &mut Context::from_waker(Waker::noop());
+
+        tx2.send(Ok(())).unwrap();
+        assert!(poll_oldest(&mut pending, cx).is_pending(), "the second is durable, the first is not");
+        assert_eq!(slots.available_permits(), 0);
+
+        tx1.send(Err(StoreError::Unavailable("disk full".into()))).unwrap();
+        let answers: Vec<_> = std::iter::from_fn(|| match poll_oldest(&mut pending, cx) {
+            Poll::Ready(frame) => Some(answer(frame)),
+            Poll::Pending => None,
+        })
+        .collect();
+        assert_eq!(
+            answers,
+            [(1, Err(ErrorCode::StoreUnavailable as i32)), (2, Ok(1)), (3, Ok(0))],
+            "in send order; the failed write refused"
+        );
+        assert!(pending.is_empty());
+        assert_eq!(slots.available_permits(), 3);
+    }
+}

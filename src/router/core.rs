@@ -902,7 +902,7 @@ fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, grant: Byt
     }
 }
 
-fn combine(audit: Option<audit::Ticket>, store: Vec<StoreTicket>) -> Option<Durable> {
+pub(super) fn combine(audit: Option<audit::Ticket>, store: Vec<StoreTicket>) -> Option<Durable> {
     (audit.is_some() || !store.is_empty()).then_some(Durable { audit, store })
 }
 
