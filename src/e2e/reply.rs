@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -28,7 +29,7 @@ use ring::aead::LessSafeKey;
 use super::crypto;
 use super::open::{OpenError, check_sender, decode_header, epoch_of};
 use super::payload;
-use super::seal::nonce;
+use super::seal::{nonce, set_str};
 use super::{E2eError, SEAL_V1};
 use crate::wire::{Deliver, Kind, RoutingHeader};
 
@@ -94,8 +95,8 @@ pub struct ReplySealer {
     prefix: [u8; 4],
     epoch: [u8; 16],
     command_id: Bytes,
-    sender_id: String,
-    instance: String,
+    sender_id: Arc<str>,
+    instance: Arc<str>,
     next: u64,
     ended: bool,
 }
@@ -106,8 +107,8 @@ impl ReplySealer {
     pub fn new(
         reply_key: &ReplyKey,
         command: &RoutingHeader,
-        my_id: &str,
-        instance: &str,
+        my_id: impl Into<Arc<str>>,
+        instance: impl Into<Arc<str>>,
     ) -> Result<Self, E2eError> {
         if command.id.len() != 16 {
             return Err(E2eError::Header("command id must be 16 bytes".into()));
@@ -120,21 +121,22 @@ impl ReplySealer {
     pub(crate) fn with_epoch(
         reply_key: &ReplyKey,
         command: &RoutingHeader,
-        my_id: &str,
-        instance: &str,
+        my_id: impl Into<Arc<str>>,
+        instance: impl Into<Arc<str>>,
         epoch: [u8; 16],
     ) -> Result<Self, E2eError> {
         if command.id.len() != 16 {
             return Err(E2eError::Header("command id must be 16 bytes".into()));
         }
-        let (aead, prefix) = reply_key.keys(&epoch, &command.id, my_id)?;
+        let my_id = my_id.into();
+        let (aead, prefix) = reply_key.keys(&epoch, &command.id, &my_id)?;
         Ok(Self {
             aead,
             prefix,
             epoch,
             command_id: command.id.clone(),
-            sender_id: my_id.to_owned(),
-            instance: instance.to_owned(),
+            sender_id: my_id,
+            instance: instance.into(),
             next: 0,
             ended: false,
         })
@@ -159,8 +161,9 @@ impl ReplySealer {
         self.ended = last;
         header.kind = Kind::Reply as i32;
         header.response_to = self.command_id.clone();
-        header.sender = self.sender_id.clone();
-        header.sender_instance = self.instance.clone();
+        // The relay built the header with these already: no copy then.
+        set_str(&mut header.sender, &self.sender_id);
+        set_str(&mut header.sender_instance, &self.instance);
         header.seal = SEAL_V1;
         header.epoch = Bytes::copy_from_slice(&self.epoch);
         header.seq = seq;

@@ -349,7 +349,7 @@ fn is_set(set: &[(String, [u8; 8])], receivers: &[VerifiedAnnouncement]) -> bool
 }
 
 /// Sets `field` to `value`, reusing its buffer.
-fn set_str(field: &mut String, value: &str) {
+pub(super) fn set_str(field: &mut String, value: &str) {
     if field != value {
         field.clear();
         field.push_str(value);

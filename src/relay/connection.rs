@@ -468,7 +468,7 @@ impl<C: Connector> ConnectionTask<C> {
             if d.tag != 0 {
                 self.acks.push(d.tag);
             }
-            self.on_reply(&d, header, id);
+            self.on_reply(d, header, id);
             return Ok(());
         }
         if draining {
@@ -553,7 +553,7 @@ impl<C: Connector> ConnectionTask<C> {
         Ok(())
     }
 
-    fn on_reply(&mut self, d: &Deliver, header: RoutingHeader, id: MessageId) {
+    fn on_reply(&mut self, d: Deliver, header: RoutingHeader, id: MessageId) {
         let Ok(command) = <MessageId>::try_from(&header.response_to[..]) else {
             tracing::warn!(name = %header.name, "dropping a reply without a valid response_to");
             return;
@@ -564,8 +564,8 @@ impl<C: Connector> ConnectionTask<C> {
             return;
         };
         let opened = match sink.opener.as_mut() {
-            Some(opener) => opener.open(d, &header),
-            None => self.shared.codec.open_reply(d, &header),
+            Some(opener) => opener.open(&d, &header),
+            None => self.shared.codec.open_reply(&d, &header),
         };
         let item = match opened {
             Ok(payload) => {
@@ -578,8 +578,8 @@ impl<C: Connector> ConnectionTask<C> {
                     version: header.version.max(1),
                     id: uuid::Uuid::from_bytes(id),
                     response_to: uuid::Uuid::from_bytes(command),
-                    sender: d.sender.clone(),
-                    sender_id: d.sender_id.clone(),
+                    sender: d.sender,
+                    sender_id: d.sender_id,
                     timestamp_ms: d.timestamp_ms,
                     stream_seq: header.stream_seq,
                     stream_final: header.stream_final,

@@ -93,8 +93,9 @@ impl E2eOptions {
 
 /// The end-to-end sealing codec (see the module docs).
 pub(crate) struct E2e {
-    my_id: String,
-    instance: String,
+    /// Shared with every reply sealer made for a handled command.
+    my_id: Arc<str>,
+    instance: Arc<str>,
     /// The trusted policy; replaced when its file (or signature) changes and
     /// the new one loads and verifies, so a receiver the policy drops gets no
     /// grant for the next epoch.
@@ -189,11 +190,11 @@ impl E2e {
             opener.add_receive_key(previous);
         }
         Ok(Self {
-            instance: instance.to_owned(),
+            instance: Arc::from(instance),
             sealer: Mutex::new(Sealer::new(signer, instance, EpochConfig::default())),
             opener: Mutex::new(opener),
             anchors: anchors().map_err(|e| config("CA", &e))?,
-            my_id,
+            my_id: Arc::from(my_id),
             policy_stamp: Mutex::new(policy_stamp(opts)),
             policy: ArcSwap::from_pointee(policy),
             options: opts.clone(),
@@ -301,8 +302,8 @@ impl PayloadCodec for E2e {
         Ok(Begun::Opening(Box::new(E2eOpening {
             unsealing: self.begin(deliver, header)?,
             policy: self.policy.load_full(),
-            my_id: self.my_id.clone(),
-            instance: self.instance.clone(),
+            my_id: Arc::clone(&self.my_id),
+            instance: Arc::clone(&self.instance),
         })))
     }
 
@@ -459,8 +460,8 @@ impl ReplyOpening for SealedReplies {
 struct E2eOpening {
     unsealing: Unsealing,
     policy: Arc<Policy>,
-    my_id: String,
-    instance: String,
+    my_id: Arc<str>,
+    instance: Arc<str>,
 }
 
 impl Opening for E2eOpening {
@@ -476,8 +477,8 @@ fn finish_open(
     deliver: &Deliver,
     header: &RoutingHeader,
     policy: &Policy,
-    my_id: &str,
-    instance: &str,
+    my_id: &Arc<str>,
+    instance: &Arc<str>,
 ) -> Result<Opened, CodecError> {
     let opened = unsealing.finish(deliver, header).map_err(rejected)?;
     let allowed = policy.check_send(&opened.sender_service, &header.name, header.version.max(1));
@@ -489,7 +490,7 @@ fn finish_open(
     }
     let replies = match &opened.reply_key {
         Some(key) => {
-            let sealer = ReplySealer::new(key, header, my_id, instance)
+            let sealer = ReplySealer::new(key, header, Arc::clone(my_id), Arc::clone(instance))
                 .map_err(|e| CodecError::Seal(e.to_string()))?;
             Some(Box::new(SealingReplies { sealer }) as Box<dyn ReplySealing>)
         }
