@@ -240,8 +240,13 @@ impl Stream for Replies {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.sleep.as_mut().reset(deadline);
                 if reply.stream_final {
-                    this.finals.insert(reply.sender.clone());
-                    if this.finals.len() >= this.receivers as usize {
+                    // With one receiving service (every `request_one`) its
+                    // final reply ends the request: nothing to remember.
+                    let all_final = this.receivers <= 1 || {
+                        this.finals.insert(reply.sender.clone());
+                        this.finals.len() >= this.receivers as usize
+                    };
+                    if all_final {
                         this.finish(true);
                     }
                 }

@@ -360,6 +360,37 @@ async fn a_request_yields_streamed_replies_until_the_final_one() {
     assert_eq!(acked, [10, 11]);
 }
 
+/// A command accepted for two services ends only when both have sent their
+/// final reply; a second final from the first service does not end it.
+#[tokio::test]
+async fn a_request_to_two_services_ends_after_both_final_replies() {
+    let (relay, mut peer, _h) = connected(builder()).await;
+    let r = relay.clone();
+    let requesting = tokio::spawn(async move {
+        let mut replies = r.request("files.read", "report.csv").await?;
+        let mut got = Vec::new();
+        while let Some(reply) = replies.next().await {
+            got.push(reply?.sender().to_owned());
+        }
+        Ok::<_, Error>(got)
+    });
+    let (corr, cmd, _) = peer.expect_send().await;
+    peer.accept(corr, 2).await;
+    let from = |tag: u64, service: &str, seq: u64| {
+        let Body::Deliver(mut d) = deliver(tag, &reply_to(&cmd, "files.done", seq, true), "1") else {
+            unreachable!()
+        };
+        d.sender = service.into();
+        d.sender_id = format!("spiffe://example.org/svc/{service}");
+        Body::Deliver(d)
+    };
+    peer.send(from(10, "todo", 0)).await;
+    peer.send(from(11, "todo", 1)).await;
+    peer.send(from(12, "archive", 0)).await;
+    let got = requesting.await.unwrap().unwrap();
+    assert_eq!(got, ["todo", "todo", "archive"]);
+}
+
 #[tokio::test]
 async fn a_responder_streams_replies_that_answer_the_command() {
     let b = builder().handle("files.read", [], |_msg: Incoming, mut r: Responder| async move {
