@@ -93,7 +93,8 @@ pub struct SealedReply {
 pub struct ReplySealer {
     aead: LessSafeKey,
     prefix: [u8; 4],
-    epoch: [u8; 16],
+    /// The reply epoch, as every reply's `header.epoch` (shared, not copied per reply).
+    epoch: Bytes,
     command_id: Bytes,
     sender_id: Arc<str>,
     instance: Arc<str>,
@@ -133,7 +134,7 @@ impl ReplySealer {
         Ok(Self {
             aead,
             prefix,
-            epoch,
+            epoch: Bytes::copy_from_slice(&epoch),
             command_id: command.id.clone(),
             sender_id: my_id,
             instance: instance.into(),
@@ -165,7 +166,7 @@ impl ReplySealer {
         set_str(&mut header.sender, &self.sender_id);
         set_str(&mut header.sender_instance, &self.instance);
         header.seal = SEAL_V1;
-        header.epoch = Bytes::copy_from_slice(&self.epoch);
+        header.epoch = self.epoch.clone();
         header.seq = seq;
         header.stream_seq = seq;
         header.stream_final = last;
