@@ -22,7 +22,7 @@ use super::options::{MessageOptions, Settings};
 use super::rejections::Rejections;
 use super::request::ReplySink;
 use crate::wire::frame::LENGTH_PREFIX;
-use crate::wire::{Body, Deliver, Kind, RoutingHeader};
+use crate::wire::{Body, Deliver, KeyQuery, Kind, RoutingHeader};
 
 /// How long a send waits for a key directory the codec asked for.
 const KEY_WAIT: Duration = Duration::from_secs(2);
@@ -95,6 +95,29 @@ pub(crate) struct Outbound<'a> {
     pub(crate) reply_sealer: Option<&'a Mutex<Box<dyn ReplySealing>>>,
 }
 
+/// Why [`Shared::queue_now`] stopped.
+enum Step<'a> {
+    Failed(Error),
+    /// It would have to wait: boxed, so that the common path's future
+    /// stays small.
+    Wait(Box<Wait<'a>>),
+}
+
+impl<'a> Step<'a> {
+    fn wait(wait: Wait<'a>) -> Self {
+        Step::Wait(Box::new(wait))
+    }
+}
+
+/// Where [`Shared::queue_waiting`] picks up.
+enum Wait<'a> {
+    /// No session yet, or a receiver's key is missing: start over, waiting
+    /// for what was missing.
+    Start { out: Outbound<'a>, quiet: bool, deadline: Instant, timeout: Duration },
+    /// Sealed, but the connection task's queue is full.
+    Room { command: Command, name: &'a str, queued: Queued, registered: bool },
+}
+
 /// A message sealed and queued for the connection task.
 #[derive(Debug)]
 pub(crate) struct Queued {
@@ -128,10 +151,10 @@ pub(crate) struct Shared {
 impl Shared {
     /// Sends through the circuit breaker of `name`.
     pub(crate) async fn submit_guarded(&self, out: Outbound<'_>) -> Result<Submitted, Error> {
-        let name = out.name.to_owned();
-        self.check_breaker(&name)?;
+        let name = out.name;
+        self.check_breaker(name)?;
         let result = self.submit(out).await;
-        self.record_outcome(&name, &result);
+        self.record_outcome(name, &result);
         result
     }
 
@@ -179,13 +202,86 @@ impl Shared {
     /// Builds, seals and queues one message for the connection task, which
     /// answers through [`Queued::accepted`] (see [`Command::Send`] for
     /// `quiet`).
+    ///
+    /// The common path is a plain function that awaits nothing; only when
+    /// it would have to wait (no session yet, a receiver's key unknown, the
+    /// connection task's queue full) does a boxed future take over. So this
+    /// future, which every send creates and moves, stays small.
     pub(crate) async fn queue(&self, out: Outbound<'_>, quiet: bool) -> Result<Queued, Error> {
-        validate_name(out.name)?;
+        match self.queue_now(out, quiet) {
+            Ok(queued) => Ok(queued),
+            Err(Step::Failed(err)) => Err(err),
+            Err(Step::Wait(wait)) => {
+                let waiting = Box::pin(self.queue_waiting(*wait));
+                waiting.await
+            }
+        }
+    }
+
+    /// [`queue`](Self::queue) as far as it goes without waiting.
+    fn queue_now<'a>(&self, out: Outbound<'a>, quiet: bool) -> Result<Queued, Step<'a>> {
+        validate_name(out.name).map_err(Step::Failed)?;
         let timeout = out.opts.timeout.unwrap_or(self.settings.request_timeout);
         let deadline = Instant::now() + timeout;
-        let info = self.wait_session(deadline).await?;
-
+        let info = match self.session_now() {
+            Some(info) => info.map_err(Step::Failed)?,
+            None => return Err(Step::wait(Wait::Start { out, quiet, deadline, timeout })),
+        };
         let id = fast_v7();
+        let (header, None) = self.header(&out, &info, id) else {
+            return Err(Step::wait(Wait::Start { out, quiet, deadline, timeout }));
+        };
+        let name = out.name;
+        let registered = out.replies.is_some();
+        let (command, accepted) =
+            self.command(out, header, info.max_frame, id, quiet).map_err(Step::Failed)?;
+        let queued = Queued { id, accepted, deadline, timeout };
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(queued),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                Err(Step::wait(Wait::Room { command, name, queued, registered }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if registered {
+                    self.unregister_replies(id.as_bytes());
+                }
+                Err(Step::Failed(closed()))
+            }
+        }
+    }
+
+    /// [`queue`](Self::queue) from where [`queue_now`](Self::queue_now)
+    /// stopped, waiting where it has to.
+    async fn queue_waiting(&self, wait: Wait<'_>) -> Result<Queued, Error> {
+        let (command, name, queued, registered) = match wait {
+            Wait::Start { out, quiet, deadline, timeout } => {
+                let info = self.wait_session(deadline).await?;
+                let id = fast_v7();
+                let header = match self.header(&out, &info, id) {
+                    (header, None) => header,
+                    (header, Some(query)) => self.await_keys(query, header, deadline).await,
+                };
+                let name = out.name;
+                let registered = out.replies.is_some();
+                let (command, accepted) = self.command(out, header, info.max_frame, id, quiet)?;
+                (command, name, Queued { id, accepted, deadline, timeout }, registered)
+            }
+            Wait::Room { command, name, queued, registered } => (command, name, queued, registered),
+        };
+        let sent = match tokio::time::timeout_at(queued.deadline, self.commands.send(command)).await {
+            Ok(Ok(())) => return Ok(queued),
+            Ok(Err(_)) => closed(),
+            Err(_) => self.timeout_error(name, queued.timeout),
+        };
+        if registered {
+            self.unregister_replies(queued.id.as_bytes());
+        }
+        Err(sent)
+    }
+
+    /// The routing header of `out`, and, when the codec lacks a verified key
+    /// for a service that may receive it, the query for that key.
+    fn header(&self, out: &Outbound<'_>, info: &SessionInfo, id: Uuid) -> (RoutingHeader, Option<KeyQuery>) {
         let params = HeaderParams {
             kind: out.kind,
             name: out.name,
@@ -197,6 +293,21 @@ impl Shared {
         };
         let sender = SenderInfo { identity: &info.identity, instance: &self.instance };
         let header = header::build(&params, &sender, id, now_ms());
+        // Replies are sealed under the request's reply key, not receive keys.
+        let missing = if out.kind == Kind::Reply { None } else { self.codec.missing_keys(&header) };
+        (header, missing)
+    }
+
+    /// Seals `out` under `header` into the command for the connection task,
+    /// registering where its replies go (for a request).
+    fn command(
+        &self,
+        out: Outbound<'_>,
+        header: RoutingHeader,
+        max_frame: usize,
+        id: Uuid,
+        quiet: bool,
+    ) -> Result<(Command, oneshot::Receiver<Result<u32, Error>>), Error> {
         let (sealed, opener) = if out.kind == Kind::Reply {
             let sealed = match out.reply_sealer {
                 Some(sealer) => sealer.lock().unwrap_or_else(|p| p.into_inner()).seal(header, out.payload),
@@ -204,47 +315,54 @@ impl Shared {
             };
             (sealed.map_err(codec_error)?, None)
         } else {
-            self.await_keys(&header, deadline).await;
             let sealed = self.codec.seal(header, out.payload).map_err(codec_error)?;
             (sealed.message, sealed.replies)
         };
-        check_size(&sealed, info.max_frame)?;
-
-        let registered = out.replies.is_some();
+        check_size(&sealed, max_frame)?;
         if let Some(mut sink) = out.replies {
             sink.opener = opener;
             self.lock_replies().insert(*id.as_bytes(), sink);
         }
         let (done, accepted) = oneshot::channel();
-        let command = Command::Send { sealed, done, quiet };
-        let err = match tokio::time::timeout_at(deadline, self.commands.send(command)).await {
-            Ok(Ok(())) => return Ok(Queued { id, accepted, deadline, timeout }),
-            Ok(Err(_)) => closed(),
-            Err(_) => self.timeout_error(out.name, timeout),
-        };
-        if registered {
-            self.unregister_replies(id.as_bytes());
-        }
-        Err(err)
+        Ok((Command::Send { sealed, done, quiet }, accepted))
     }
 
-    /// When the codec lacks a verified key for a service that may receive
-    /// the message, asks the router for its key directory and waits
-    /// (briefly) for the answer; then the codec seals with what it has.
-    async fn await_keys(&self, header: &RoutingHeader, deadline: Instant) {
-        let Some(mut updates) = self.codec.key_updates() else { return };
+    /// The codec lacks a verified key for a service that may receive the
+    /// message (`query` asks for it): asks the router for its key directory
+    /// and waits (briefly) for the answer; then the codec seals with what it
+    /// has.
+    async fn await_keys(
+        &self,
+        mut query: KeyQuery,
+        header: RoutingHeader,
+        deadline: Instant,
+    ) -> RoutingHeader {
+        let Some(mut updates) = self.codec.key_updates() else { return header };
         let until = deadline.min(Instant::now() + KEY_WAIT);
-        while let Some(query) = self.codec.missing_keys(header) {
+        loop {
             updates.borrow_and_update();
             if self.commands.send(Command::Frame(Body::KeyQuery(query))).await.is_err() {
-                return;
+                return header;
             }
             if tokio::time::timeout_at(until, updates.changed()).await.is_err() || Instant::now() >= until {
-                return;
+                return header;
             }
             // The receiver may be announcing right now: ask again shortly.
             tokio::time::sleep(KEY_RETRY).await;
+            match self.codec.missing_keys(&header) {
+                Some(next) => query = next,
+                None => return header,
+            }
         }
+    }
+
+    /// The session, once the router has welcomed us (`None` until then).
+    fn session_now(&self) -> Option<Result<Arc<SessionInfo>, Error>> {
+        let state = self.state.borrow();
+        if state.closed {
+            return Some(Err(closed()));
+        }
+        state.info.clone().map(Ok)
     }
 
     /// Waits until the router has welcomed us once (so our identity is known).

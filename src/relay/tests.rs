@@ -605,3 +605,34 @@ async fn a_slow_reader_gets_slow_consumer_not_a_stalled_connection() {
     assert_eq!(replies.next().await.unwrap().unwrap_err().kind(), ErrorKind::SlowConsumer);
     assert!(replies.next().await.is_none());
 }
+
+/// More sends than the connection task's queue holds, while the router
+/// reads nothing: the sends past the queue wait for room (the boxed slow
+/// path of `Shared::queue`) and every one is sent once and accepted.
+#[tokio::test]
+async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
+    const SENDS: usize = 6_000;
+    let (relay, mut peer, _h) = connected(builder()).await;
+    let r = relay.clone();
+    let sending = tokio::spawn(async move {
+        let opts = MessageOptions::new();
+        let sends = (0..SENDS).map(|i| r.send_bytes("todos.create", Bytes::from(i.to_string()), &opts));
+        futures_util::future::join_all(sends).await
+    });
+    // Let the writer, its queue and the command queue fill up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sending.is_finished());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..SENDS {
+        let (corr, header, _) = peer.expect_send().await;
+        assert!(seen.insert(header.id.clone()), "a message was sent twice");
+        peer.accept(corr, 1).await;
+    }
+    let results = sending.await.unwrap();
+    assert_eq!(results.len(), SENDS);
+    for result in results {
+        let sent = result.expect("accepted");
+        assert_eq!(sent.receivers, 1);
+        assert!(seen.contains(&sent.id.as_bytes()[..]));
+    }
+}
