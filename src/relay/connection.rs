@@ -15,7 +15,7 @@
 //! after the part of opening that needs the codec's state was done here, in
 //! delivery order; the result comes back here before the dedup window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -270,8 +270,9 @@ impl<C: Connector> ConnectionTask<C> {
         });
 
         let (out, out_rx) = mpsc::channel::<Outgoing>(self.shared.settings.command_buffer);
+        let mut out = Outbox { tx: out, backlog: VecDeque::new() };
         let mut writer_task = tokio::spawn(write_loop(writer, out_rx));
-        if let Err(end) = self.resume(&out).await {
+        if let Err(end) = self.resume(&mut out).await {
             writer_task.abort();
             return end;
         }
@@ -314,7 +315,7 @@ impl<C: Connector> ConnectionTask<C> {
                 frame = reader.read_frame() => match frame {
                     Ok(Some(frame)) => {
                         heard = true;
-                        self.on_frame(frame, generation, &out, draining).await
+                        self.on_frame(frame, generation, &mut out, draining)
                     }
                     Ok(None) => Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the router closed the connection"))),
                     Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
@@ -325,7 +326,7 @@ impl<C: Connector> ConnectionTask<C> {
                         let text = format!("the router sent nothing for {:?} (not even a Pong)", keepalive * 2);
                         Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, text)))
                     } else if silent_ticks >= 2 {
-                        push(&out, Body::Ping(Ping { nonce: 0 })).await
+                        out.send(owned(Body::Ping(Ping { nonce: 0 }))).await
                     } else {
                         Ok(())
                     }
@@ -333,12 +334,12 @@ impl<C: Connector> ConnectionTask<C> {
                 _ = refresh.tick(), if refresh_every.is_some() => {
                     let mut step = Ok(());
                     for body in self.shared.codec.refresh_frames(&self.shared.instance) {
-                        step = push(&out, body).await;
+                        step = out.send(owned(body)).await;
                     }
                     step
                 }
                 command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command, generation, &out, draining).await,
+                    Some(command) => self.on_command(command, generation, &mut out, draining),
                     None => Err(SessionEnd::Closed),
                 },
             };
@@ -351,7 +352,12 @@ impl<C: Connector> ConnectionTask<C> {
                 {
                     Ok(())
                 }
-                Ok(()) => self.flush_acks(&out).await,
+                Ok(()) => self.flush_acks(&mut out),
+                Err(end) => Err(end),
+            };
+            // What did not fit into the writer's queue during this step.
+            let step = match step {
+                Ok(()) => out.drain().await,
                 Err(end) => Err(end),
             };
             if let Err(end) = step {
@@ -360,7 +366,9 @@ impl<C: Connector> ConnectionTask<C> {
         };
         match end {
             SessionEnd::Closed => {
-                let _ = self.flush_acks(&out).await;
+                if self.flush_acks(&mut out).is_ok() {
+                    let _ = out.drain().await;
+                }
                 drop(out);
                 // The writer flushes what is queued and sends close_notify.
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
@@ -374,29 +382,29 @@ impl<C: Connector> ConnectionTask<C> {
     }
 
     /// After `Welcome`: subscribe, then re-send everything still unanswered.
-    async fn resume(&mut self, out: &mpsc::Sender<Outgoing>) -> Result<(), SessionEnd> {
+    async fn resume(&mut self, out: &mut Outbox) -> Result<(), SessionEnd> {
         let subscribe = Subscribe {
             subscriptions: self.handlers.subscriptions(),
             prefetch: self.shared.settings.prefetch,
         };
         // Keys first: a sender that learns we subscribed should find our key.
         for body in self.shared.codec.session_frames(&self.shared.instance) {
-            push(out, body).await?;
+            out.send(owned(body)).await?;
         }
-        push(out, Body::Subscribe(subscribe)).await?;
+        out.send(owned(Body::Subscribe(subscribe))).await?;
         self.inflight.retain(|_, p| !p.done.is_closed());
         let frames: Vec<Arc<Frame>> = self.inflight.values().map(|p| Arc::clone(&p.frame)).collect();
         for frame in frames {
-            out.send(Outgoing::Shared(frame)).await.map_err(|_| writer_gone())?;
+            out.send(Outgoing::Shared(frame)).await?;
         }
         Ok(())
     }
 
-    async fn on_frame(
+    fn on_frame(
         &mut self,
         frame: Frame,
         generation: u64,
-        out: &mpsc::Sender<Outgoing>,
+        out: &mut Outbox,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         match frame.body {
@@ -432,8 +440,8 @@ impl<C: Connector> ConnectionTask<C> {
                 }
             }
             Some(Body::Error(e)) => return Err(SessionEnd::Lost(Error::from_code(e.code, &e.message))),
-            Some(Body::Deliver(d)) => self.on_deliver(d, generation, out, draining).await?,
-            Some(Body::Ping(p)) => push(out, Body::Pong(Pong { nonce: p.nonce })).await?,
+            Some(Body::Deliver(d)) => self.on_deliver(d, generation, out, draining)?,
+            Some(Body::Ping(p)) => out.emit(owned(Body::Pong(Pong { nonce: p.nonce })))?,
             Some(Body::KeyDirectory(d)) => self.shared.codec.key_directory(d),
             Some(Body::Pong(_)) => {}
             Some(_) | None => tracing::warn!("ignoring a frame the router should not send"),
@@ -441,11 +449,11 @@ impl<C: Connector> ConnectionTask<C> {
         Ok(())
     }
 
-    async fn on_deliver(
+    fn on_deliver(
         &mut self,
         d: Deliver,
         generation: u64,
-        out: &mpsc::Sender<Outgoing>,
+        out: &mut Outbox,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         let header = match decode_header(&d.header) {
@@ -453,13 +461,13 @@ impl<C: Connector> ConnectionTask<C> {
             Err(err) => {
                 self.shared.rejections.count("malformed_header");
                 tracing::warn!(error = %err, "dropping a delivery with an unreadable header");
-                return nack(out, d.tag, false).await;
+                return out.nack(d.tag, false);
             }
         };
         let Ok(id) = <MessageId>::try_from(&header.id[..]) else {
             self.shared.rejections.count("malformed_header");
             tracing::warn!(name = %header.name, "dropping a delivery without a valid message id");
-            return nack(out, d.tag, false).await;
+            return out.nack(d.tag, false);
         };
         if header.kind == Kind::Reply as i32 {
             // Replies are consumed on receipt: a late or duplicate one is
@@ -472,7 +480,7 @@ impl<C: Connector> ConnectionTask<C> {
             return Ok(());
         }
         if draining {
-            return nack(out, d.tag, true).await;
+            return out.nack(d.tag, true);
         }
         // Open before anything else looks at the message: a header or
         // payload the router altered must not reach the dedup window, the
@@ -498,18 +506,18 @@ impl<C: Connector> ConnectionTask<C> {
         } else {
             self.shared.codec.open(&d, &header)
         };
-        self.on_opened(d, header, id, opened, generation, out).await
+        self.on_opened(d, header, id, opened, generation, out)
     }
 
     /// A delivery opened (or refused): past the dedup window to its handler.
-    async fn on_opened(
+    fn on_opened(
         &mut self,
         d: Deliver,
         header: RoutingHeader,
         id: MessageId,
         opened: Result<Opened, CodecError>,
         generation: u64,
-        out: &mpsc::Sender<Outgoing>,
+        out: &mut Outbox,
     ) -> Result<(), SessionEnd> {
         let opened = match opened {
             Ok(opened) => opened,
@@ -522,7 +530,7 @@ impl<C: Connector> ConnectionTask<C> {
                     self.acks.push(d.tag);
                     return Ok(());
                 }
-                return nack(out, d.tag, false).await;
+                return out.nack(d.tag, false);
             }
         };
         if self.dedup.begin(id) == Verdict::Duplicate {
@@ -533,7 +541,7 @@ impl<C: Connector> ConnectionTask<C> {
         let Some(handler) = self.handlers.find(&header.name, header.version) else {
             self.dedup.finish(id, false);
             tracing::warn!(name = %header.name, version = header.version, "no handler for a delivered message; dead-lettering it");
-            return nack(out, d.tag, false).await;
+            return out.nack(d.tag, false);
         };
         let header = Arc::new(header);
         let incoming = Incoming {
@@ -610,15 +618,15 @@ impl<C: Connector> ConnectionTask<C> {
         }
     }
 
-    async fn on_command(
+    fn on_command(
         &mut self,
         command: Command,
         generation: u64,
-        out: &mpsc::Sender<Outgoing>,
+        out: &mut Outbox,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         match command {
-            Command::Frame(body) => push(out, body).await?,
+            Command::Frame(body) => out.emit(owned(body))?,
             Command::Send { sealed, done, quiet } => {
                 if done.is_closed() {
                     return Ok(());
@@ -627,7 +635,7 @@ impl<C: Connector> ConnectionTask<C> {
                 self.next_corr += 1;
                 let frame = Arc::new(send_frame(corr, sealed));
                 self.inflight.insert(corr, PendingSend { frame: Arc::clone(&frame), done, quiet });
-                out.send(Outgoing::Shared(frame)).await.map_err(|_| writer_gone())?;
+                out.emit(Outgoing::Shared(frame))?;
             }
             Command::Opened(delivery) => {
                 self.opening = self.opening.saturating_sub(1);
@@ -637,9 +645,9 @@ impl<C: Connector> ConnectionTask<C> {
                     return Ok(());
                 }
                 if draining {
-                    return nack(out, deliver.tag, true).await;
+                    return out.nack(deliver.tag, true);
                 }
-                self.on_opened(deliver, header, id, opened, generation, out).await?;
+                self.on_opened(deliver, header, id, opened, generation, out)?;
             }
             Command::Handled { generation: of, tag, id, success } => {
                 self.dedup.finish(id, success);
@@ -651,19 +659,19 @@ impl<C: Connector> ConnectionTask<C> {
                 if success {
                     self.acks.push(tag);
                 } else {
-                    nack(out, tag, true).await?;
+                    out.nack(tag, true)?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn flush_acks(&mut self, out: &mpsc::Sender<Outgoing>) -> Result<(), SessionEnd> {
+    fn flush_acks(&mut self, out: &mut Outbox) -> Result<(), SessionEnd> {
         if self.acks.is_empty() {
             return Ok(());
         }
         let tags = std::mem::take(&mut self.acks);
-        push(out, Body::Ack(Ack { tags })).await
+        out.emit(owned(Body::Ack(Ack { tags })))
     }
 
     fn publish_down(&self, err: &Error) {
@@ -794,12 +802,54 @@ impl Outgoing {
     }
 }
 
-async fn push(out: &mpsc::Sender<Outgoing>, body: Body) -> Result<(), SessionEnd> {
-    out.send(Outgoing::Owned(Frame { body: Some(body) })).await.map_err(|_| writer_gone())
+fn owned(body: Body) -> Outgoing {
+    Outgoing::Owned(Frame { body: Some(body) })
 }
 
-async fn nack(out: &mpsc::Sender<Outgoing>, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
-    push(out, Body::Nack(Nack { tag, requeue })).await
+/// The writer task's queue as the connection task sees it. Handling a
+/// frame or a command never awaits: what it sends goes into the queue if
+/// there is room, else into `backlog`, which the serve loop drains (with
+/// waiting) after each step, before it reads or takes anything more. So
+/// the backlog holds at most the one or two frames a step sends, frames
+/// keep their order, and the futures of the handling code, which the
+/// loop would otherwise create and move per frame, do not exist.
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    backlog: VecDeque<Outgoing>,
+}
+
+impl Outbox {
+    /// Queues `item` without waiting.
+    fn emit(&mut self, item: Outgoing) -> Result<(), SessionEnd> {
+        if self.backlog.is_empty() {
+            match self.tx.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(item)) => self.backlog.push_back(item),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(writer_gone()),
+            }
+        } else {
+            self.backlog.push_back(item);
+        }
+        Ok(())
+    }
+
+    fn nack(&mut self, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
+        self.emit(owned(Body::Nack(Nack { tag, requeue })))
+    }
+
+    /// Waits until the backlog is in the writer's queue.
+    async fn drain(&mut self) -> Result<(), SessionEnd> {
+        while let Some(item) = self.backlog.pop_front() {
+            self.tx.send(item).await.map_err(|_| writer_gone())?;
+        }
+        Ok(())
+    }
+
+    /// Queues `item` after the backlog, waiting for room.
+    async fn send(&mut self, item: Outgoing) -> Result<(), SessionEnd> {
+        self.drain().await?;
+        self.tx.send(item).await.map_err(|_| writer_gone())
+    }
 }
 
 fn writer_gone() -> SessionEnd {

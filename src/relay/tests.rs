@@ -607,8 +607,10 @@ async fn a_slow_reader_gets_slow_consumer_not_a_stalled_connection() {
 }
 
 /// More sends than the connection task's queue holds, while the router
-/// reads nothing: the sends past the queue wait for room (the boxed slow
-/// path of `Shared::queue`) and every one is sent once and accepted.
+/// reads nothing: the writer's queue fills (the connection task keeps the
+/// frame that did not fit in its backlog), then the command queue, and the
+/// sends past it wait for room (the boxed slow path of `Shared::queue`).
+/// Every one is sent once and accepted.
 #[tokio::test]
 async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
     const SENDS: usize = 6_000;
