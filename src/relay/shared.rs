@@ -113,9 +113,27 @@ impl<'a> Step<'a> {
 enum Wait<'a> {
     /// No session yet, or a receiver's key is missing: start over, waiting
     /// for what was missing.
-    Start { out: Outbound<'a>, quiet: bool, deadline: Instant, timeout: Duration },
-    /// Sealed, but the connection task's queue is full.
-    Room { command: Command, name: &'a str, queued: Queued, registered: bool },
+    Start(Unsealed<'a>),
+    /// Sealed, but the connection task's queue is full (or closed).
+    Room(Ready<'a>),
+}
+
+/// A message not sealed yet, with the time it has.
+struct Unsealed<'a> {
+    out: Outbound<'a>,
+    quiet: bool,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// A sealed message's command for the connection task, and what its
+/// sender keeps.
+struct Ready<'a> {
+    command: Command,
+    name: &'a str,
+    queued: Queued,
+    /// Whether replies were registered under its id (undone if not sent).
+    registered: bool,
 }
 
 /// A message sealed and queued for the connection task.
@@ -222,30 +240,21 @@ impl Shared {
     fn queue_now<'a>(&self, out: Outbound<'a>, quiet: bool) -> Result<Queued, Step<'a>> {
         validate_name(out.name).map_err(Step::Failed)?;
         let timeout = out.opts.timeout.unwrap_or(self.settings.request_timeout);
-        let deadline = Instant::now() + timeout;
+        let msg = Unsealed { out, quiet, deadline: Instant::now() + timeout, timeout };
         let info = match self.session_now() {
             Some(info) => info.map_err(Step::Failed)?,
-            None => return Err(Step::wait(Wait::Start { out, quiet, deadline, timeout })),
+            None => return Err(Step::wait(Wait::Start(msg))),
         };
         let id = fast_v7();
-        let (header, None) = self.header(&out, &info, id) else {
-            return Err(Step::wait(Wait::Start { out, quiet, deadline, timeout }));
+        let (header, None) = self.header(&msg.out, &info, id) else {
+            return Err(Step::wait(Wait::Start(msg)));
         };
-        let name = out.name;
-        let registered = out.replies.is_some();
-        let (command, accepted) =
-            self.command(out, header, info.max_frame, id, quiet).map_err(Step::Failed)?;
-        let queued = Queued { id, accepted, deadline, timeout };
-        match self.commands.try_send(command) {
-            Ok(()) => Ok(queued),
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                Err(Step::wait(Wait::Room { command, name, queued, registered }))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                if registered {
-                    self.unregister_replies(id.as_bytes());
-                }
-                Err(Step::Failed(closed()))
+        let ready = self.seal(msg, header, info.max_frame, id).map_err(Step::Failed)?;
+        match self.commands.try_send(ready.command) {
+            Ok(()) => Ok(ready.queued),
+            // Full, or closed: the waiting path sends, or fails and undoes.
+            Err(mpsc::error::TrySendError::Full(command) | mpsc::error::TrySendError::Closed(command)) => {
+                Err(Step::wait(Wait::Room(Ready { command, ..ready })))
             }
         }
     }
@@ -253,20 +262,17 @@ impl Shared {
     /// [`queue`](Self::queue) from where [`queue_now`](Self::queue_now)
     /// stopped, waiting where it has to.
     async fn queue_waiting(&self, wait: Wait<'_>) -> Result<Queued, Error> {
-        let (command, name, queued, registered) = match wait {
-            Wait::Start { out, quiet, deadline, timeout } => {
-                let info = self.wait_session(deadline).await?;
+        let Ready { command, name, queued, registered } = match wait {
+            Wait::Start(msg) => {
+                let info = self.wait_session(msg.deadline).await?;
                 let id = fast_v7();
-                let header = match self.header(&out, &info, id) {
+                let header = match self.header(&msg.out, &info, id) {
                     (header, None) => header,
-                    (header, Some(query)) => self.await_keys(query, header, deadline).await,
+                    (header, Some(query)) => self.await_keys(query, header, msg.deadline).await,
                 };
-                let name = out.name;
-                let registered = out.replies.is_some();
-                let (command, accepted) = self.command(out, header, info.max_frame, id, quiet)?;
-                (command, name, Queued { id, accepted, deadline, timeout }, registered)
+                self.seal(msg, header, info.max_frame, id)?
             }
-            Wait::Room { command, name, queued, registered } => (command, name, queued, registered),
+            Wait::Room(ready) => ready,
         };
         let sent = match tokio::time::timeout_at(queued.deadline, self.commands.send(command)).await {
             Ok(Ok(())) => return Ok(queued),
@@ -298,16 +304,17 @@ impl Shared {
         (header, missing)
     }
 
-    /// Seals `out` under `header` into the command for the connection task,
+    /// Seals `msg` under `header` into the command for the connection task,
     /// registering where its replies go (for a request).
-    fn command(
+    fn seal<'a>(
         &self,
-        out: Outbound<'_>,
+        msg: Unsealed<'a>,
         header: RoutingHeader,
         max_frame: usize,
         id: Uuid,
-        quiet: bool,
-    ) -> Result<(Command, oneshot::Receiver<Result<u32, Error>>), Error> {
+    ) -> Result<Ready<'a>, Error> {
+        let Unsealed { out, quiet, deadline, timeout } = msg;
+        let (name, registered) = (out.name, out.replies.is_some());
         let (sealed, opener) = if out.kind == Kind::Reply {
             let sealed = match out.reply_sealer {
                 Some(sealer) => sealer.lock().unwrap_or_else(|p| p.into_inner()).seal(header, out.payload),
@@ -324,7 +331,8 @@ impl Shared {
             self.lock_replies().insert(*id.as_bytes(), sink);
         }
         let (done, accepted) = oneshot::channel();
-        Ok((Command::Send { sealed, done, quiet }, accepted))
+        let queued = Queued { id, accepted, deadline, timeout };
+        Ok(Ready { command: Command::Send { sealed, done, quiet }, name, queued, registered })
     }
 
     /// The codec lacks a verified key for a service that may receive the
@@ -358,11 +366,7 @@ impl Shared {
 
     /// The session, once the router has welcomed us (`None` until then).
     fn session_now(&self) -> Option<Result<Arc<SessionInfo>, Error>> {
-        let state = self.state.borrow();
-        if state.closed {
-            return Some(Err(closed()));
-        }
-        state.info.clone().map(Ok)
+        session_of(&self.state.borrow())
     }
 
     /// Waits until the router has welcomed us once (so our identity is known).
@@ -371,8 +375,7 @@ impl Shared {
         let waited =
             tokio::time::timeout_at(deadline, state.wait_for(|s| s.info.is_some() || s.closed)).await;
         match waited {
-            Ok(Ok(s)) if s.closed => Err(closed()),
-            Ok(Ok(s)) => s.info.clone().ok_or_else(closed),
+            Ok(Ok(s)) => session_of(&s).unwrap_or_else(|| Err(closed())),
             Ok(Err(_)) => Err(closed()),
             Err(_) => Err(self.not_connected("the router has not welcomed this relay yet")),
         }
@@ -412,6 +415,15 @@ impl Shared {
     pub(crate) fn is_closed(&self) -> bool {
         self.state.borrow().closed
     }
+}
+
+/// The session `s` says we have: an error once the relay is closed, `None`
+/// before the router's first `Welcome`.
+fn session_of(s: &SessionState) -> Option<Result<Arc<SessionInfo>, Error>> {
+    if s.closed {
+        return Some(Err(closed()));
+    }
+    s.info.clone().map(Ok)
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {
