@@ -9,6 +9,8 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::{digest, hkdf, hmac};
 use subtle::ConstantTimeEq;
 
+use crate::wire::pool;
+
 /// Bytes in a ChaCha20-Poly1305 key.
 pub(crate) const KEY_LEN: usize = 32;
 /// Bytes in a Poly1305 tag.
@@ -88,7 +90,8 @@ pub(crate) fn open(
     if sealed.len() < AEAD_TAG_LEN {
         return Err(ring::error::Unspecified);
     }
-    let mut buf = sealed.to_vec();
+    let mut buf = pool::take(sealed.len());
+    buf.extend_from_slice(sealed);
     let len = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)?.len();
     buf.truncate(len);
     Ok(buf)

@@ -47,7 +47,7 @@ use super::reply::ReplyKey;
 use super::seal::{message_keys, nonce};
 use super::spiffe::split_service_id;
 use super::{E2eError, SEAL_V1};
-use crate::wire::{Deliver, Kind, RoutingHeader};
+use crate::wire::{Deliver, Kind, RoutingHeader, pool};
 
 /// Why a delivery was refused. Every variant is a reason to nack (no
 /// requeue) and count; none of them reaches a handler.
@@ -240,7 +240,7 @@ impl Unsealing {
         .map_err(|_| OpenError::BadAead)?;
         let (reply_key, at) = payload::decode(&plain)?;
         Ok(OpenedPayload {
-            plaintext: Bytes::from(plain).slice(at..),
+            plaintext: pool::freeze(plain).slice(at..),
             reply_key,
             sender_service: self.sender_service,
         })

@@ -12,6 +12,7 @@
 
 use super::crypto;
 use super::reply::ReplyKey;
+use crate::wire::pool;
 
 /// Envelope version.
 pub const VERSION: u8 = 1;
@@ -35,10 +36,11 @@ pub enum PayloadError {
 /// Writes the envelope and the application payload into a buffer with room
 /// for the AEAD tag.
 pub(crate) fn encode(reply_key: Option<&ReplyKey>, app: &[u8]) -> Vec<u8> {
-    // Exactly the sealed length: a `Vec` whose length is its capacity
-    // becomes `Bytes` without another allocation.
+    // Room for the sealed length: a small `Vec` whose length is its
+    // capacity becomes `Bytes` without another allocation, and a large one
+    // comes from the buffer pool and goes back to it (`pool::freeze`).
     let key_len = reply_key.map_or(0, |k| k.as_bytes().len());
-    let mut buf = Vec::with_capacity(2 + key_len + app.len() + crypto::AEAD_TAG_LEN);
+    let mut buf = pool::take(2 + key_len + app.len() + crypto::AEAD_TAG_LEN);
     buf.push(VERSION);
     match reply_key {
         Some(k) => {

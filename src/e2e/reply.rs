@@ -31,7 +31,7 @@ use super::open::{OpenError, check_sender, decode_header, epoch_of};
 use super::payload;
 use super::seal::{nonce, set_str};
 use super::{E2eError, SEAL_V1};
-use crate::wire::{Deliver, Kind, RoutingHeader};
+use crate::wire::{Deliver, Kind, RoutingHeader, pool};
 
 const ENC_INFO: &[u8] = b"exocom/v1/reply-enc";
 const NONCE_INFO: &[u8] = b"exocom/v1/reply-nonce";
@@ -174,7 +174,7 @@ impl ReplySealer {
         let mut buf = payload::encode(None, plaintext);
         crypto::seal(&self.aead, nonce(&self.prefix, seq), &header_bytes, &mut buf)
             .map_err(|_| E2eError::Seal)?;
-        Ok(SealedReply { header: header_bytes, payload: Bytes::from(buf) })
+        Ok(SealedReply { header: header_bytes, payload: pool::freeze(buf) })
     }
 }
 
@@ -278,7 +278,7 @@ impl ReplyOpener {
         }
         stream.next += 1;
         stream.ended = header.stream_final;
-        Ok(Bytes::from(plain).slice(at..))
+        Ok(pool::freeze(plain).slice(at..))
     }
 
     /// Whether some replier's stream has ended with its final reply.

@@ -36,7 +36,7 @@ use super::identity::SigningIdentity;
 use super::payload;
 use super::reply::ReplyKey;
 use super::{E2eError, MAX_GRANTS_PER_FRAME, SEAL_V1};
-use crate::wire::{Kind, RoutingHeader, ServiceBlob};
+use crate::wire::{Kind, RoutingHeader, ServiceBlob, pool};
 
 const ENC_INFO: &[u8] = b"exocom/v1/enc";
 const NONCE_INFO: &[u8] = b"exocom/v1/nonce";
@@ -277,7 +277,7 @@ impl Prepared {
         epoch.copy_from_slice(&self.header.epoch);
         Ok(Sealed {
             header: self.header_bytes,
-            payload: Bytes::from(buf),
+            payload: pool::freeze(buf),
             tags,
             grants: self.grants,
             reply_key: self.reply_key,

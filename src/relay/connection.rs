@@ -321,6 +321,8 @@ impl<C: Connector> ConnectionTask<C> {
                     Err(e) => Err(SessionEnd::Lost(Error::from_connection("reading from the router", e))),
                 },
                 _ = alive.tick() => {
+                    // Large buffers no longer needed go back to the allocator.
+                    crate::wire::pool::tidy();
                     silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
                     if silent_ticks >= 4 {
                         let text = format!("the router sent nothing for {:?} (not even a Pong)", keepalive * 2);

@@ -300,7 +300,11 @@ pub async fn run(mut core: Core, mut rx: mpsc::Receiver<Command>, mut shutdown: 
                     }
                 }
             }
-            _ = tick.tick() => core.sweep(now_ms()),
+            _ = tick.tick() => {
+                core.sweep(now_ms());
+                // Large frame blocks no longer needed go back to the allocator.
+                crate::wire::pool::tidy();
+            }
             _ = shutdown.wait() => break,
         }
     }

@@ -1,7 +1,9 @@
 //! Buffered frame I/O over any byte stream (a TLS stream in practice).
 //!
-//! Reads fill a buffer (a large frame gets a block of its own) and split
-//! frames off it without copying.
+//! Reads fill a buffer and split frames off it without copying; a large
+//! frame is read into a block of its own, taken from the buffer pool
+//! ([`super::pool`]) and given back once the last part of the frame is
+//! dropped.
 //! Writes append to a buffer that is flushed once per batch, so a burst of
 //! frames costs one `write` (and one TLS record run), not one per frame; a
 //! large payload is not copied into that buffer but written from its own,
@@ -14,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Check, FrameError};
 use super::messages::Frame;
+use super::pool;
 
 /// Why reading or writing frames failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +43,43 @@ const PREALLOCATE_MAX: usize = 1024 * 1024;
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// The large frame being read (length prefix included), empty between
+    /// large frames. Kept here, not in the read future, so a read that is
+    /// cancelled (in a `select!`) loses nothing.
+    block: Vec<u8>,
     max_frame: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a reader; frames over `max_frame` bytes are refused.
     pub fn new(inner: R, max_frame: usize) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(SMALL_FRAME), max_frame }
+        Self { inner, buf: BytesMut::with_capacity(SMALL_FRAME), block: Vec::new(), max_frame }
     }
 
     /// The next frame; `Ok(None)` when the peer closed cleanly between frames.
+    ///
+    /// Cancel-safe: what was read before a cancelled call is kept for the next.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {
+            if !self.block.is_empty() {
+                if let Some(frame) = self.read_block().await? {
+                    return Ok(Some(frame));
+                }
+                continue;
+            }
             let total = match frame::check(&self.buf, self.max_frame)? {
                 Check::Ready(_) => return Ok(frame::decode(&mut self.buf, self.max_frame)?),
                 Check::Incomplete(total) => total,
             };
+            if total > SMALL_FRAME && total <= PREALLOCATE_MAX {
+                // The rest of this frame goes into a block of its size; what
+                // is buffered is its beginning (the check found no whole
+                // frame), and the buffer stays for the small frames after it.
+                self.block = pool::take(total);
+                self.block.extend_from_slice(&self.buf);
+                self.buf.clear();
+                continue;
+            }
             self.make_room(total);
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ConnectionError::Truncated) };
@@ -63,31 +87,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Makes room to read more of a frame `total` bytes long (prefix
-    /// included; just the prefix while the length is unknown).
+    /// Reads more of the large frame in `block`, and returns it once whole.
+    /// Reads no further than its end, so the block is exactly the frame.
+    async fn read_block(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        match frame::check(&self.block, self.max_frame)? {
+            Check::Ready(len) => {
+                let block = pool::freeze(std::mem::take(&mut self.block));
+                Ok(Some(frame::parse(block.slice(frame::LENGTH_PREFIX..frame::LENGTH_PREFIX + len))?))
+            }
+            Check::Incomplete(total) => {
+                let missing = total - self.block.len();
+                if self.inner.read_buf(&mut bytes::BufMut::limit(&mut self.block, missing)).await? == 0 {
+                    return Err(ConnectionError::Truncated);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes room in the buffer to read more of a frame `total` bytes long
+    /// (prefix included; just the prefix while the length is unknown): a
+    /// small one, or one over [`PREALLOCATE_MAX`] (larger ones up to that
+    /// get a block of their own, see [`read_frame`](Self::read_frame)).
     ///
-    /// A large frame gets one block of exactly its size. Growing the buffer
-    /// step by step instead copies the frame several times and leaves it in a
-    /// block up to twice its size, held as long as any part of the frame is
-    /// referenced (in the router, until the message is acknowledged): twice
-    /// the fresh memory to fault in and zero. With 64 KiB messages, faults
-    /// under this function were a third of the router's CPU; the exact block
-    /// cut its CPU per message by about a fifth (docs/PERFORMANCE.md, fifth
-    /// round). The block is allocated up front only up to
-    /// [`PREALLOCATE_MAX`], so a peer announcing a huge frame gets memory
-    /// only as the bytes arrive.
+    /// A large frame is never read by growing the buffer step by step: that
+    /// copies the frame several times and leaves it in a block up to twice
+    /// its size, held as long as any part of the frame is referenced (in
+    /// the router, until the message is acknowledged). With 64 KiB messages,
+    /// faults under that growth were a third of the router's CPU
+    /// (docs/PERFORMANCE.md, fifth round). A frame over
+    /// [`PREALLOCATE_MAX`] gets memory only as its bytes arrive, so a peer
+    /// announcing a huge frame gets nothing up front.
     fn make_room(&mut self, total: usize) {
         let missing = total.saturating_sub(self.buf.len());
         let spare = self.buf.capacity() - self.buf.len();
         if total > SMALL_FRAME {
-            if spare >= missing {
-                return;
-            }
-            if total <= PREALLOCATE_MAX {
-                let mut block = BytesMut::with_capacity(total);
-                block.extend_from_slice(&self.buf);
-                self.buf = block;
-            } else {
+            if spare < missing {
                 self.buf.reserve(missing.min(PREALLOCATE_MAX));
             }
         } else if spare < 4096 && !self.buf.try_reclaim(SMALL_FRAME) {
@@ -108,7 +143,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Whether part of a frame is buffered, waiting for the rest.
     pub fn has_partial_frame(&self) -> bool {
-        !self.buf.is_empty()
+        !self.buf.is_empty() || !self.block.is_empty()
     }
 
     /// The wrapped reader.
@@ -200,10 +235,11 @@ mod tests {
         for _ in 0..2 {
             let got = reader.read_frame().await.unwrap().unwrap();
             assert_eq!(got, frame);
-            // Growing step by step would have left the block twice the
-            // frame's size, the unused half still behind the frame.
-            let spare = reader.buf.capacity();
-            assert!(spare < 4096, "{spare} bytes of spare room left after a 100 KiB frame");
+            // The frame went into a block of its own, handed over whole;
+            // the buffer for small frames did not grow.
+            assert!(reader.block.is_empty() && reader.block.capacity() == 0);
+            let held = reader.buf.capacity();
+            assert!(held <= SMALL_FRAME, "{held} bytes held for small frames after a 100 KiB frame");
         }
         writing.await.unwrap().unwrap();
         assert!(reader.read_frame().await.unwrap().is_none());
@@ -234,6 +270,34 @@ mod tests {
             assert_eq!(&reader.read_frame().await.unwrap().unwrap(), f);
         }
         assert_eq!(writing.await.unwrap().unwrap(), 0, "nothing left after a flush");
+    }
+
+    /// A read cancelled in the middle of a large frame (as `select!` does)
+    /// loses nothing: the next read finishes the same frame.
+    #[tokio::test]
+    async fn a_cancelled_read_of_a_large_frame_resumes_where_it_stopped() {
+        let payload = Bytes::from((0..80 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let frame = Frame {
+            body: Some(Body::Send(Send { corr: 9, payload: payload.clone(), ..Default::default() })),
+        };
+        let encoded = frame::to_bytes(&frame);
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        tx.write_all(&encoded[..30_000]).await.unwrap();
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), reader.read_frame()).await;
+        assert!(cut.is_err(), "the frame cannot be complete yet");
+        assert!(reader.has_partial_frame() && !reader.has_buffered_frame());
+        tx.write_all(&encoded[30_000..]).await.unwrap();
+        tx.write_all(&frame::to_bytes(&Frame {
+            body: Some(Body::Send(Send { corr: 10, ..Default::default() })),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap(), frame);
+        let next = reader.read_frame().await.unwrap().unwrap();
+        assert!(matches!(next.body, Some(Body::Send(Send { corr: 10, .. }))), "the frame behind it is whole");
+        drop(tx);
+        assert!(reader.read_frame().await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -68,14 +68,19 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameErro
         Check::Incomplete(_) => Ok(None),
         Check::Ready(len) => {
             buf.advance(LENGTH_PREFIX);
-            let body: Bytes = buf.split_to(len).freeze();
-            let frame = Frame::decode(body)?;
-            if frame.body.is_none() {
-                return Err(FrameError::Empty);
-            }
-            Ok(Some(frame))
+            parse(buf.split_to(len).freeze()).map(Some)
         }
     }
+}
+
+/// Parses one frame's body (the bytes after its length prefix). The frame's
+/// byte fields point into `body`.
+pub fn parse(body: Bytes) -> Result<Frame, FrameError> {
+    let frame = Frame::decode(body)?;
+    if frame.body.is_none() {
+        return Err(FrameError::Empty);
+    }
+    Ok(frame)
 }
 
 /// Appends `frame`, length prefix first, to `out`.

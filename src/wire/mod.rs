@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod frame;
 pub mod messages;
+pub mod pool;
 
 pub use connection::{ConnectionError, FrameReader, FrameWriter};
 pub use frame::{DEFAULT_MAX_FRAME, FrameError};
