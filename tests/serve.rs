@@ -268,3 +268,38 @@ async fn limits_come_from_the_settings_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Threads of the router process named like tokio's runtime workers.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn the_worker_count_comes_from_the_flag_or_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let router = ServeProcess::start(&certs, &policy, &["--workers".as_ref(), "3".as_ref()]).await;
+    assert_eq!(runtime_workers(router.child.id()), 3);
+    drop(router);
+
+    let config = dir.path().join("router.toml");
+    std::fs::write(&config, "workers = 1\n").unwrap();
+    let router = ServeProcess::start(&certs, &policy, &["--config".as_ref(), config.as_os_str()]).await;
+    assert_eq!(runtime_workers(router.child.id()), 1);
+    drop(router);
+
+    // None is refused before anything is bound, with the setting named.
+    let out = Command::new(env!("CARGO_BIN_EXE_exocom")).args(["serve", "--workers", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--workers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

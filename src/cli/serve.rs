@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// within a minute; 0 turns it off [default: 10].
     #[arg(long, value_name = "N")]
     pub alert_handshake_failures_per_minute: Option<u32>,
+    /// Runtime worker threads for the connections and the routing core.
+    /// The audit log writes from a thread of its own besides [default: one
+    /// fewer than the CPUs, at least 1].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 /// When the audit log is fsynced.
@@ -140,6 +145,7 @@ struct FileSettings {
     admin_metrics_public: bool,
     alert_denials_per_minute: Option<u32>,
     alert_handshake_failures_per_minute: Option<u32>,
+    workers: Option<usize>,
     #[serde(default)]
     limits: LimitSettings,
 }
@@ -257,6 +263,8 @@ pub struct Settings {
     pub admin: Option<AdminSettings>,
     /// Traffic alert thresholds.
     pub alerts: AlertConfig,
+    /// Runtime worker threads.
+    pub workers: usize,
 }
 
 /// Merges the settings file and the flags; errors name the missing setting.
@@ -315,9 +323,15 @@ pub fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.alert_handshake_failures_per_minute)
             .unwrap_or(defaults.handshake_failures_per_minute),
     };
+    let workers = match args.workers.or(file.workers) {
+        Some(0) => anyhow::bail!("--workers (or `workers` in --config) must be at least 1"),
+        Some(n) => n,
+        None => crate::router::default_workers(),
+    };
     Ok(Settings {
         admin,
         alerts,
+        workers,
         listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
         tls: ServerFiles {
             ca: need(args.ca.or(file.ca), "ca")?,
@@ -389,7 +403,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         },
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(settings.workers).enable_all().build()?;
     rt.block_on(serve(settings, policy, keys, tls, tls_files, admin))
 }
 

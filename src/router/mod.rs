@@ -50,6 +50,16 @@ use crate::wire::DEFAULT_MAX_FRAME;
 
 pub use self::core::CoreConfig;
 
+/// The runtime worker threads a router starts with by default: one fewer
+/// than the CPUs, at least one. The audit writer runs on a thread of its
+/// own and, at high rates, keeps most of a CPU busy; on the 2-CPU
+/// benchmark machine, where the clients share the CPUs too, one worker
+/// routed as fast or faster than two in every workload and took 15-24 %
+/// less CPU per message or round trip (docs/PERFORMANCE.md, ninth round).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// Why the router could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {

@@ -99,7 +99,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(Serve::ServeRouter { .. }) = &cli.serve {
+        // As `exocom serve` does by default.
+        builder.worker_threads(exocom::router::default_workers());
+    }
+    let rt = builder.enable_all().build();
     let result = rt.context("starting the runtime").and_then(|rt| {
         rt.block_on(async {
             match &cli.serve {
