@@ -5,8 +5,8 @@
 //! envelope, the router's frame block, the receiver's frame block and its
 //! opened plaintext). Returned to the allocator, such buffers went back to
 //! the kernel between messages and came back as fresh pages, zeroed on
-//! first touch, often as whole 2 MiB huge pages: 15,298 page faults for
-//! 10,000 W5 messages (docs/PERFORMANCE.md, ninth round). The pool keeps a
+//! first touch, often as whole 2 MiB huge pages: 15,000–59,000 page faults
+//! for 10,000 W5 messages (docs/PERFORMANCE.md, ninth round). The pool keeps a
 //! bounded number of them instead. A buffer taken from it is handed out as
 //! a [`Bytes`] whose owner puts the buffer back when the last reference is
 //! dropped, wherever that happens.
