@@ -237,6 +237,7 @@ async fn metrics_count_a_routed_message_and_routes_queues_policy_answer() {
     assert!(m.body.contains(r#"exocom_connected_instances{service="todo"} 1"#), "{}", m.body);
     assert!(m.body.contains("exocom_routing_latency_seconds_count 1"), "{}", m.body);
     assert!(m.body.contains("exocom_audit_available 1"), "{}", m.body);
+    assert!(m.body.contains("exocom_buffer_pool_bytes "), "{}", m.body);
     assert!(m.body.trim_end().ends_with("# EOF"));
     assert_eq!(get(&bus, "/metrics", None).await.status, 401, "metrics need a token by default");
 

@@ -106,6 +106,7 @@ pub struct Metrics {
     audit_records: Gauge,
     audit_failed_batches: Gauge,
     audit_available: Gauge,
+    pooled: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,6 +139,7 @@ impl Metrics {
             audit_records: Gauge::default(),
             audit_failed_batches: Gauge::default(),
             audit_available: Gauge::default(),
+            pooled: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("messages_routed", "Copies of messages queued for a receiving service", m.routed.clone());
@@ -180,6 +182,12 @@ impl Metrics {
             m.audit_failed_batches.clone(),
         );
         r.register("audit_available", "1 while the audit log accepts records", m.audit_available.clone());
+        r.register_with_unit(
+            "buffer_pool",
+            "Large frame buffers kept for reuse, free (at most 128 MiB)",
+            Unit::Bytes,
+            m.pooled.clone(),
+        );
         m
     }
 
@@ -233,6 +241,7 @@ impl Metrics {
         self.audit_records.set(stats.records as i64);
         self.audit_failed_batches.set(stats.failed_batches as i64);
         self.audit_available.set(i64::from(audit.is_available()));
+        self.pooled.set(i64::try_from(crate::wire::pool::pooled_bytes()).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -156,6 +156,11 @@ pub fn tidy() {
     drop(released);
 }
 
+/// Bytes of free buffers the pool holds now (a metric).
+pub fn pooled_bytes() -> usize {
+    pool().bytes
+}
+
 /// The owner behind a pooled [`Bytes`].
 struct Kept(Vec<u8>);
 
