@@ -13,18 +13,19 @@ use exocom::audit::{self, AuditConfig};
 use exocom::relay::ErrorKind;
 use serde_json::json;
 
-fn certs(dir: &Path) -> PathBuf {
+/// Certificates and the test policy in `dir`: what every router here starts with.
+fn router_files(dir: &Path) -> (PathBuf, PathBuf) {
     let certs = dir.join("certs");
     exocom::certs::init(&certs, "example.org", &["web".into(), "todo".into()], 30).unwrap();
-    certs
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    (certs, policy)
 }
 
 #[tokio::test]
 async fn sigterm_stops_the_router_gracefully_and_closes_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let (certs, policy) = router_files(dir.path());
     let audit = dir.path().join("audit.jsonl");
     let key = certs.join("audit/key.pem");
     let mut router = ServeProcess::start(
@@ -69,9 +70,7 @@ async fn sigterm_stops_the_router_gracefully_and_closes_the_audit_log() {
 #[tokio::test]
 async fn an_unsigned_policy_is_refused_when_signatures_are_required() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let (certs, policy) = router_files(dir.path());
     let serve = |policy: &Path| {
         Command::new(env!("CARGO_BIN_EXE_exocom"))
             .args(["serve", "--listen", "127.0.0.1:0", "--ca"])
@@ -239,9 +238,7 @@ async fn a_full_store_disk_refuses_sends_and_recovers_by_itself() {
 async fn limits_come_from_the_settings_file() {
     use exocom::wire::{Body, ErrorCode, Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION};
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let (certs, policy) = router_files(dir.path());
     let config = dir.path().join("router.toml");
     std::fs::write(&config, "[limits]\nmax_connections_per_identity = 1\nidle_timeout_secs = 30\n").unwrap();
     let router = ServeProcess::start(&certs, &policy, &["--config".as_ref(), config.as_os_str()]).await;
@@ -281,9 +278,7 @@ fn runtime_workers(pid: u32) -> usize {
 #[tokio::test]
 async fn the_worker_count_comes_from_the_flag_or_the_settings_file() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let (certs, policy) = router_files(dir.path());
     let router = ServeProcess::start(&certs, &policy, &["--workers".as_ref(), "3".as_ref()]).await;
     assert_eq!(runtime_workers(router.child.id()), 3);
     drop(router);

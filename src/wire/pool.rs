@@ -11,11 +11,12 @@
 //! a [`Bytes`] whose owner puts the buffer back when the last reference is
 //! dropped, wherever that happens.
 //!
-//! The pool keeps what the traffic of the last second needed, not what a
-//! burst once did: buffers that sat unused through a whole second are
-//! released at the next take or give after it, or at the next [`tidy`],
-//! which the router's core calls every half second and a relay every
-//! half keepalive (7.5 s by default), so an idle process lets them go too.
+//! The pool keeps what recent traffic needed, not what a burst once did:
+//! [`tidy`], which the router's core calls every half second and a relay
+//! every half keepalive (7.5 s by default), releases the buffers that sat
+//! unused since the previous trim (at most one trim a second), so a busy
+//! process and an idle one both let them go. Taking and giving buffers
+//! read no clock and release nothing.
 //!
 //! It must never hand out bytes the caller did not write: a reused buffer
 //! is given out empty (length 0), so its old contents are only ever
@@ -39,7 +40,7 @@ pub const POOLED_MAX: usize = 1024 * 1024 + 64 * 1024;
 /// 1,000 envelopes in a burst; with 64 MiB the W5 benchmark still took
 /// 12,000-15,000 page faults per 10,000 messages, with 128 MiB 2,000-3,000.
 pub const MAX_POOLED_BYTES: usize = 128 * 1024 * 1024;
-/// Buffers unused for this long are released.
+/// The shortest time between two trims.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Capacities are rounded up to this, so buffers of nearly the same size
 /// (an envelope, the frame that carries it) fit one another.
@@ -120,11 +121,7 @@ pub fn take(capacity: usize) -> Vec<u8> {
     if !pooled(capacity) {
         return Vec::with_capacity(capacity);
     }
-    let (found, released) = {
-        let mut pool = pool();
-        (pool.take(capacity), pool.trim(Instant::now()))
-    };
-    drop(released);
+    let found = pool().take(capacity);
     found.unwrap_or_else(|| Vec::with_capacity(capacity.div_ceil(GRANULE) * GRANULE))
 }
 
@@ -136,21 +133,18 @@ pub fn freeze(buf: Vec<u8>) -> Bytes {
 
 /// Gives a buffer back for reuse (or to the allocator, if the pool is full
 /// or the buffer is not of a pooled size).
-pub fn give(mut buf: Vec<u8>) {
+fn give(mut buf: Vec<u8>) {
     if !pooled(buf.capacity()) {
         return;
     }
     buf.clear();
-    let (refused, released) = {
-        let mut pool = pool();
-        (pool.put(buf), pool.trim(Instant::now()))
-    };
-    drop((refused, released));
+    // A refused buffer is freed after the lock is released.
+    let refused = pool().put(buf);
+    drop(refused);
 }
 
-/// Releases what the pool no longer needs, if a trim is due. For a
-/// process's periodic tasks, so that an idle process does not keep its
-/// last burst's buffers for good.
+/// Releases what the pool did not need since the last trim, if a trim is
+/// due. For a process's periodic tasks: nothing else trims the pool.
 pub fn tidy() {
     let released = pool().trim(Instant::now());
     drop(released);
