@@ -4,7 +4,9 @@
 //! in tests), says `Hello`, waits for `Welcome`, subscribes with every
 //! handler's names and versions, and re-sends what was in flight. Then it
 //! reads frames and takes commands from the relay handle and the handler
-//! tasks; a writer task batches outgoing frames into few writes. When the
+//! tasks, and writes what they send itself: frames collect in one batch
+//! that goes out whenever nothing else is ready, so a burst costs one TLS
+//! record run and one syscall, with no hand-off to another task. When the
 //! connection drops it reconnects with jittered exponential backoff, forever,
 //! until shutdown. On shutdown it stops taking deliveries, waits (bounded)
 //! for running handlers so their acks go out, and closes.
@@ -15,7 +17,7 @@
 //! after the part of opening that needs the codec's state was done here, in
 //! delivery order; the result comes back here before the dedup window.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,8 +38,8 @@ use super::shared::{Command, OpenedDelivery, SessionInfo, SessionState, Shared, 
 use crate::shutdown::Shutdown;
 use crate::wire::frame::decode_header;
 use crate::wire::{
-    Ack, Body, ConnectionError, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind,
-    Nack, PROTOCOL_VERSION, Ping, Pong, RoutingHeader, Send, Subscribe, Welcome,
+    Ack, Body, DEFAULT_MAX_FRAME, Deliver, Frame, FrameReader, FrameWriter, Hello, Kind, Nack,
+    PROTOCOL_VERSION, Ping, Pong, RoutingHeader, Send, Subscribe, Welcome,
 };
 
 /// Most delivery tags one `Ack` frame waits to collect.
@@ -100,9 +102,9 @@ struct Session<S> {
 /// A send written (or to be written) to the router, kept until answered so
 /// it can be re-sent, with the same message id, after a reconnect.
 struct PendingSend {
-    /// The `Send` frame, built once and shared with the writer (and written
-    /// again as it is after a reconnect).
-    frame: Arc<Frame>,
+    /// The `Send` frame, built once (and written again as it is after a
+    /// reconnect).
+    frame: Frame,
     done: oneshot::Sender<Result<u32, Error>>,
     /// The caller waits on the request's reply buffer, not on `done`.
     quiet: bool,
@@ -269,13 +271,8 @@ impl<C: Connector> ConnectionTask<C> {
             s.last_error = None;
         });
 
-        let (out, out_rx) = mpsc::channel::<Outgoing>(self.shared.settings.command_buffer);
-        let mut out = Outbox { tx: out, backlog: VecDeque::new() };
-        let mut writer_task = tokio::spawn(write_loop(writer, out_rx));
-        if let Err(end) = self.resume(&mut out).await {
-            writer_task.abort();
-            return end;
-        }
+        let mut out = Outbox { writer };
+        self.resume(&mut out);
 
         let refresh_every = self.shared.codec.refresh_interval();
         let mut refresh = tokio::time::interval(refresh_every.unwrap_or(Duration::from_secs(3600)));
@@ -305,13 +302,6 @@ impl<C: Connector> ConnectionTask<C> {
                     tracing::warn!(running = self.dedup.in_progress(), "handlers still running at shutdown; leaving them unacknowledged");
                     break SessionEnd::Closed;
                 }
-                result = &mut writer_task => {
-                    let err = match result {
-                        Ok(Err(e)) => Error::from_connection("writing to the router", e),
-                        _ => Error::new(ErrorKind::ConnectionLost, "the writer stopped"),
-                    };
-                    return SessionEnd::Lost(err);
-                }
                 frame = reader.read_frame() => match frame {
                     Ok(Some(frame)) => {
                         heard = true;
@@ -327,23 +317,33 @@ impl<C: Connector> ConnectionTask<C> {
                     if silent_ticks >= 4 {
                         let text = format!("the router sent nothing for {:?} (not even a Pong)", keepalive * 2);
                         Err(SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, text)))
-                    } else if silent_ticks >= 2 {
-                        out.send(owned(Body::Ping(Ping { nonce: 0 }))).await
                     } else {
+                        if silent_ticks >= 2 {
+                            out.push(Body::Ping(Ping { nonce: 0 }));
+                        }
                         Ok(())
                     }
                 }
                 _ = refresh.tick(), if refresh_every.is_some() => {
-                    let mut step = Ok(());
                     for body in self.shared.codec.refresh_frames(&self.shared.instance) {
-                        step = out.send(owned(body)).await;
+                        out.push(body);
                     }
-                    step
+                    Ok(())
                 }
-                command = self.commands.recv() => match command {
+                // Above the high-water mark, no new work until the batch
+                // is out; reading goes on, so the router never waits on us.
+                command = self.commands.recv(), if out.has_room() => match command {
                     Some(command) => self.on_command(command, generation, &mut out, draining),
                     None => Err(SessionEnd::Closed),
                 },
+                // Last: the batch goes out when nothing else is ready, so
+                // what a burst of frames and commands sends is written once.
+                // One yield first lets the handlers and callers running
+                // beside this task add what they are about to send.
+                written = async {
+                    tokio::task::yield_now().await;
+                    out.flush().await
+                }, if out.writer.is_dirty() => written,
             };
             let step = match step {
                 // Acks wait while more work is already queued, so one Ack
@@ -354,12 +354,14 @@ impl<C: Connector> ConnectionTask<C> {
                 {
                     Ok(())
                 }
-                Ok(()) => self.flush_acks(&mut out),
-                Err(end) => Err(end),
-            };
-            // What did not fit into the writer's queue during this step.
-            let step = match step {
-                Ok(()) => out.drain().await,
+                Ok(()) => {
+                    let busy = self.acks.len() >= MAX_ACK_BATCH;
+                    self.flush_acks(&mut out);
+                    // While frames keep arriving the flush branch above may
+                    // not run for a while: write what is due now, as far as
+                    // the socket takes it without waiting.
+                    if busy || out.writer.pending() >= FLUSH_BYTES { out.write_now() } else { Ok(()) }
+                }
                 Err(end) => Err(end),
             };
             if let Err(end) = step {
@@ -368,45 +370,37 @@ impl<C: Connector> ConnectionTask<C> {
         };
         match end {
             SessionEnd::Closed => {
-                if self.flush_acks(&mut out).is_ok() {
-                    let _ = out.drain().await;
-                }
-                drop(out);
-                // The writer flushes what is queued and sends close_notify.
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+                self.flush_acks(&mut out);
+                // What is batched goes out, then close_notify.
+                let _ = tokio::time::timeout(Duration::from_secs(1), out.writer.shutdown()).await;
                 SessionEnd::Closed
             }
-            lost => {
-                writer_task.abort();
-                lost
-            }
+            lost => lost,
         }
     }
 
     /// After `Welcome`: subscribe, then re-send everything still unanswered.
-    async fn resume(&mut self, out: &mut Outbox) -> Result<(), SessionEnd> {
+    fn resume<W: AsyncWrite + Unpin>(&mut self, out: &mut Outbox<W>) {
         let subscribe = Subscribe {
             subscriptions: self.handlers.subscriptions(),
             prefetch: self.shared.settings.prefetch,
         };
         // Keys first: a sender that learns we subscribed should find our key.
         for body in self.shared.codec.session_frames(&self.shared.instance) {
-            out.send(owned(body)).await?;
+            out.push(body);
         }
-        out.send(owned(Body::Subscribe(subscribe))).await?;
+        out.push(Body::Subscribe(subscribe));
         self.inflight.retain(|_, p| !p.done.is_closed());
-        let frames: Vec<Arc<Frame>> = self.inflight.values().map(|p| Arc::clone(&p.frame)).collect();
-        for frame in frames {
-            out.send(Outgoing::Shared(frame)).await?;
+        for p in self.inflight.values() {
+            out.writer.push(&p.frame);
         }
-        Ok(())
     }
 
     fn on_frame(
         &mut self,
         frame: Frame,
         generation: u64,
-        out: &mut Outbox,
+        out: &mut Outbox<WriteHalf<C::Stream>>,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         match frame.body {
@@ -443,7 +437,7 @@ impl<C: Connector> ConnectionTask<C> {
             }
             Some(Body::Error(e)) => return Err(SessionEnd::Lost(Error::from_code(e.code, &e.message))),
             Some(Body::Deliver(d)) => self.on_deliver(d, generation, out, draining)?,
-            Some(Body::Ping(p)) => out.emit(owned(Body::Pong(Pong { nonce: p.nonce })))?,
+            Some(Body::Ping(p)) => out.push(Body::Pong(Pong { nonce: p.nonce })),
             Some(Body::KeyDirectory(d)) => self.shared.codec.key_directory(d),
             Some(Body::Pong(_)) => {}
             Some(_) | None => tracing::warn!("ignoring a frame the router should not send"),
@@ -455,7 +449,7 @@ impl<C: Connector> ConnectionTask<C> {
         &mut self,
         d: Deliver,
         generation: u64,
-        out: &mut Outbox,
+        out: &mut Outbox<WriteHalf<C::Stream>>,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         let header = match decode_header(&d.header) {
@@ -463,13 +457,15 @@ impl<C: Connector> ConnectionTask<C> {
             Err(err) => {
                 self.shared.rejections.count("malformed_header");
                 tracing::warn!(error = %err, "dropping a delivery with an unreadable header");
-                return out.nack(d.tag, false);
+                out.nack(d.tag, false);
+                return Ok(());
             }
         };
         let Ok(id) = <MessageId>::try_from(&header.id[..]) else {
             self.shared.rejections.count("malformed_header");
             tracing::warn!(name = %header.name, "dropping a delivery without a valid message id");
-            return out.nack(d.tag, false);
+            out.nack(d.tag, false);
+            return Ok(());
         };
         if header.kind == Kind::Reply as i32 {
             // Replies are consumed on receipt: a late or duplicate one is
@@ -482,7 +478,8 @@ impl<C: Connector> ConnectionTask<C> {
             return Ok(());
         }
         if draining {
-            return out.nack(d.tag, true);
+            out.nack(d.tag, true);
+            return Ok(());
         }
         // Open before anything else looks at the message: a header or
         // payload the router altered must not reach the dedup window, the
@@ -519,7 +516,7 @@ impl<C: Connector> ConnectionTask<C> {
         id: MessageId,
         opened: Result<Opened, CodecError>,
         generation: u64,
-        out: &mut Outbox,
+        out: &mut Outbox<WriteHalf<C::Stream>>,
     ) -> Result<(), SessionEnd> {
         let opened = match opened {
             Ok(opened) => opened,
@@ -532,7 +529,8 @@ impl<C: Connector> ConnectionTask<C> {
                     self.acks.push(d.tag);
                     return Ok(());
                 }
-                return out.nack(d.tag, false);
+                out.nack(d.tag, false);
+                return Ok(());
             }
         };
         if self.dedup.begin(id) == Verdict::Duplicate {
@@ -543,7 +541,8 @@ impl<C: Connector> ConnectionTask<C> {
         let Some(handler) = self.handlers.find(&header.name, header.version) else {
             self.dedup.finish(id, false);
             tracing::warn!(name = %header.name, version = header.version, "no handler for a delivered message; dead-lettering it");
-            return out.nack(d.tag, false);
+            out.nack(d.tag, false);
+            return Ok(());
         };
         let header = Arc::new(header);
         let incoming = Incoming {
@@ -624,20 +623,20 @@ impl<C: Connector> ConnectionTask<C> {
         &mut self,
         command: Command,
         generation: u64,
-        out: &mut Outbox,
+        out: &mut Outbox<WriteHalf<C::Stream>>,
         draining: bool,
     ) -> Result<(), SessionEnd> {
         match command {
-            Command::Frame(body) => out.emit(owned(body))?,
+            Command::Frame(body) => out.push(body),
             Command::Send { sealed, done, quiet } => {
                 if done.is_closed() {
                     return Ok(());
                 }
                 let corr = self.next_corr;
                 self.next_corr += 1;
-                let frame = Arc::new(send_frame(corr, sealed));
-                self.inflight.insert(corr, PendingSend { frame: Arc::clone(&frame), done, quiet });
-                out.emit(Outgoing::Shared(frame))?;
+                let frame = send_frame(corr, sealed);
+                out.writer.push(&frame);
+                self.inflight.insert(corr, PendingSend { frame, done, quiet });
             }
             Command::Opened(delivery) => {
                 self.opening = self.opening.saturating_sub(1);
@@ -647,7 +646,8 @@ impl<C: Connector> ConnectionTask<C> {
                     return Ok(());
                 }
                 if draining {
-                    return out.nack(deliver.tag, true);
+                    out.nack(deliver.tag, true);
+                    return Ok(());
                 }
                 self.on_opened(deliver, header, id, opened, generation, out)?;
             }
@@ -661,19 +661,20 @@ impl<C: Connector> ConnectionTask<C> {
                 if success {
                     self.acks.push(tag);
                 } else {
-                    out.nack(tag, true)?;
+                    out.nack(tag, true);
                 }
             }
         }
         Ok(())
     }
 
-    fn flush_acks(&mut self, out: &mut Outbox) -> Result<(), SessionEnd> {
+    /// Batches one `Ack` frame with the tags collected, if any.
+    fn flush_acks<W: AsyncWrite + Unpin>(&mut self, out: &mut Outbox<W>) {
         if self.acks.is_empty() {
-            return Ok(());
+            return;
         }
         let tags = std::mem::take(&mut self.acks);
-        out.emit(owned(Body::Ack(Ack { tags })))
+        out.push(Body::Ack(Ack { tags }));
     }
 
     fn publish_down(&self, err: &Error) {
@@ -740,41 +741,6 @@ async fn run_handler(
     let _ = shared.commands.send(Command::Handled { generation, tag, id, success }).await;
 }
 
-/// Writes frames in batches: everything queued goes out in one flush.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
-    mut frames: mpsc::Receiver<Outgoing>,
-) -> Result<(), ConnectionError> {
-    const BATCH_BYTES: usize = 64 * 1024;
-    while let Some(frame) = frames.recv().await {
-        writer.push(frame.frame());
-        drain(&mut writer, &mut frames, BATCH_BYTES);
-        if writer.pending() < BATCH_BYTES {
-            // Frames arrive one command at a time; one yield lets the
-            // connection task add what it is about to send, so a burst costs
-            // one TLS record run and one syscall instead of one per frame.
-            tokio::task::yield_now().await;
-            drain(&mut writer, &mut frames, BATCH_BYTES);
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
-}
-
-/// Moves what is already queued into the batch, up to `max` bytes.
-fn drain<W: AsyncWrite + Unpin>(
-    writer: &mut FrameWriter<W>,
-    frames: &mut mpsc::Receiver<Outgoing>,
-    max: usize,
-) {
-    while writer.pending() < max {
-        match frames.try_recv() {
-            Ok(frame) => writer.push(frame.frame()),
-            Err(_) => break,
-        }
-    }
-}
-
 fn send_frame(corr: u64, sealed: SealedPayload) -> Frame {
     let SealedPayload { header, payload, tags, grants } = sealed;
     Frame { body: Some(Body::Send(Send { corr, header, payload, tags, grants })) }
@@ -788,72 +754,51 @@ fn sent(frame: &Frame) -> Option<&Send> {
     }
 }
 
-/// A frame for the writer: built for this write, or shared with an
-/// unanswered send (kept for writing again after a reconnect).
-enum Outgoing {
-    Owned(Frame),
-    Shared(Arc<Frame>),
+/// The batch of frames for the router, written by the connection task
+/// itself. Handling a frame or a command never awaits: what it sends is
+/// encoded into the batch, which the serve loop writes whenever nothing
+/// else is ready. New commands wait while the batch is above
+/// [`HIGH_WATER`]; frames the router's own traffic calls for (acks, nacks,
+/// pongs) are bounded by the router's prefetch and pings.
+struct Outbox<W> {
+    writer: FrameWriter<W>,
 }
 
-impl Outgoing {
-    fn frame(&self) -> &Frame {
-        match self {
-            Outgoing::Owned(frame) => frame,
-            Outgoing::Shared(frame) => frame,
+/// Bytes batched before the connection task stops taking commands until the
+/// batch is written.
+const HIGH_WATER: usize = 256 * 1024;
+/// Bytes batched from which a step writes at once instead of waiting for
+/// nothing else to be ready.
+const FLUSH_BYTES: usize = 32 * 1024;
+
+impl<W: AsyncWrite + Unpin> Outbox<W> {
+    fn push(&mut self, body: Body) {
+        self.writer.push(&Frame { body: Some(body) });
+    }
+
+    fn nack(&mut self, tag: u64, requeue: bool) {
+        self.push(Body::Nack(Nack { tag, requeue }));
+    }
+
+    fn has_room(&self) -> bool {
+        self.writer.pending() < HIGH_WATER
+    }
+
+    /// Writes the batch (cancel-safe: progress stays in the batch).
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        self.writer.flush().await.map_err(write_failed)
+    }
+
+    /// Writes what the socket takes without waiting; the rest stays batched
+    /// for the serve loop's flush.
+    fn write_now(&mut self) -> Result<(), SessionEnd> {
+        match self.writer.flush().now_or_never() {
+            Some(Err(e)) => Err(write_failed(e)),
+            Some(Ok(())) | None => Ok(()),
         }
     }
 }
 
-fn owned(body: Body) -> Outgoing {
-    Outgoing::Owned(Frame { body: Some(body) })
-}
-
-/// The writer task's queue as the connection task sees it. Handling a
-/// frame or a command never awaits: what it sends goes into the queue if
-/// there is room, else into `backlog`, which the serve loop drains (with
-/// waiting) after each step, before it reads or takes anything more. So
-/// the backlog holds at most the one or two frames a step sends, frames
-/// keep their order, and the futures of the handling code, which the
-/// loop would otherwise create and move per frame, do not exist.
-struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-    backlog: VecDeque<Outgoing>,
-}
-
-impl Outbox {
-    /// Queues `item` without waiting.
-    fn emit(&mut self, item: Outgoing) -> Result<(), SessionEnd> {
-        if self.backlog.is_empty() {
-            match self.tx.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(item)) => self.backlog.push_back(item),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(writer_gone()),
-            }
-        } else {
-            self.backlog.push_back(item);
-        }
-        Ok(())
-    }
-
-    fn nack(&mut self, tag: u64, requeue: bool) -> Result<(), SessionEnd> {
-        self.emit(owned(Body::Nack(Nack { tag, requeue })))
-    }
-
-    /// Waits until the backlog is in the writer's queue.
-    async fn drain(&mut self) -> Result<(), SessionEnd> {
-        while let Some(item) = self.backlog.pop_front() {
-            self.tx.send(item).await.map_err(|_| writer_gone())?;
-        }
-        Ok(())
-    }
-
-    /// Queues `item` after the backlog, waiting for room.
-    async fn send(&mut self, item: Outgoing) -> Result<(), SessionEnd> {
-        self.drain().await?;
-        self.tx.send(item).await.map_err(|_| writer_gone())
-    }
-}
-
-fn writer_gone() -> SessionEnd {
-    SessionEnd::Lost(Error::new(ErrorKind::ConnectionLost, "the writer stopped"))
+fn write_failed(e: crate::wire::ConnectionError) -> SessionEnd {
+    SessionEnd::Lost(Error::from_connection("writing to the router", e))
 }

@@ -607,10 +607,9 @@ async fn a_slow_reader_gets_slow_consumer_not_a_stalled_connection() {
 }
 
 /// More sends than the connection task's queue holds, while the router
-/// reads nothing: the writer's queue fills (the connection task keeps the
-/// frame that did not fit in its backlog), then the command queue, and the
-/// sends past it wait for room (the boxed slow path of `Shared::queue`).
-/// Every one is sent once and accepted.
+/// reads nothing: the batch fills to its high-water mark, then the command
+/// queue, and the sends past it wait for room (the boxed slow path of
+/// `Shared::queue`). Every one is sent once and accepted.
 #[tokio::test]
 async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
     const SENDS: usize = 6_000;
@@ -621,7 +620,7 @@ async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
         let sends = (0..SENDS).map(|i| r.send_bytes("todos.create", Bytes::from(i.to_string()), &opts));
         futures_util::future::join_all(sends).await
     });
-    // Let the writer, its queue and the command queue fill up.
+    // Let the batch and the command queue fill up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!sending.is_finished());
     let mut seen = std::collections::HashSet::new();
@@ -636,5 +635,47 @@ async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
         let sent = result.expect("accepted");
         assert_eq!(sent.receivers, 1);
         assert!(seen.contains(&sent.id.as_bytes()[..]));
+    }
+}
+
+/// The router stops reading while the relay has far more to send than the
+/// connection holds: the relay stops taking sends, but goes on reading what
+/// the router sends, so a router whose own writes wait on this connection
+/// is never stuck behind it. Once the router reads again, every send
+/// arrives once.
+#[tokio::test]
+async fn a_relay_that_cannot_write_goes_on_reading() {
+    // More frames than the command queue holds, 6 MiB in all.
+    const SENDS: usize = 1_500;
+    let (relay, mut peer, _h) = connected(builder()).await;
+    let r = relay.clone();
+    let sending = tokio::spawn(async move {
+        let opts = MessageOptions::new();
+        let payload = Bytes::from(vec![7u8; 4096]);
+        let sends = (0..SENDS).map(|_| r.send_bytes("files.store", payload.clone(), &opts));
+        futures_util::future::join_all(sends).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 6 MiB of sends against a 256 KiB pipe: the relay's writes are stuck.
+    assert!(!sending.is_finished());
+    // 1 MiB of late replies (consumed on receipt, tag 0: nothing to ack),
+    // four times what the pipe holds: this write finishes only if the
+    // relay reads while it cannot write.
+    let stray = command("files.read", true);
+    let replies = async {
+        for seq in 0..256 {
+            peer.send(deliver(0, &reply_to(&stray, "files.chunk", seq, false), &"x".repeat(4096))).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), replies).await.expect("the relay stopped reading");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..SENDS {
+        let (corr, header, send) = peer.expect_send().await;
+        assert_eq!(send.payload.len(), 4096);
+        assert!(seen.insert(header.id.clone()), "a message was sent twice");
+        peer.accept(corr, 1).await;
+    }
+    for result in sending.await.unwrap() {
+        assert_eq!(result.expect("accepted").receivers, 1);
     }
 }

@@ -10,8 +10,10 @@
 //! right after the rest of its frame.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Check, FrameError};
@@ -160,18 +162,21 @@ pub struct FrameWriter<W> {
     /// Finished parts of the batch, in order, ahead of `buf`: encoded
     /// frames and the large payloads written from their own buffers.
     parts: VecDeque<Bytes>,
+    /// Pushed since the last completed flush.
+    dirty: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a writer.
     pub fn new(inner: W) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(16 * 1024), parts: VecDeque::new() }
+        Self { inner, buf: BytesMut::with_capacity(16 * 1024), parts: VecDeque::new(), dirty: false }
     }
 
     /// Appends a frame to the batch; nothing is written until [`flush`](Self::flush).
     /// A large payload is not copied into the batch but written from its
     /// own buffer ([`frame::encode_split`]).
     pub fn push(&mut self, frame: &Frame) {
+        self.dirty = true;
         if let Some(payload) = frame::encode_split(frame, &mut self.buf) {
             self.parts.push_back(self.buf.split().freeze());
             self.parts.push_back(payload);
@@ -183,17 +188,44 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.parts.iter().map(Bytes::len).sum::<usize>() + self.buf.len()
     }
 
-    /// Writes the batch and flushes the stream.
+    /// Whether something pushed has not been flushed yet (it may sit in the
+    /// batch, or in the stream's own buffer, as TLS records not yet sent).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Writes the batch and flushes the stream. Cancel-safe: what was
+    /// written stays written, and the next call goes on from there.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        while let Some(part) = self.parts.pop_front() {
-            self.inner.write_all(&part).await?;
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Writes as much of the batch as the stream takes now, then flushes
+    /// it. Progress is kept in the batch, so a caller may poll this beside
+    /// other work (reading, say) and push more frames between polls.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        while let Some(part) = self.parts.front_mut() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, part))?;
+            if n == 0 {
+                return Poll::Ready(Err(write_zero()));
+            }
+            part.advance(n);
+            if part.is_empty() {
+                self.parts.pop_front();
+            }
         }
-        if !self.buf.is_empty() {
-            self.inner.write_all(&self.buf).await?;
-            self.buf.clear();
+        while !self.buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(write_zero()));
+            }
+            self.buf.advance(n);
         }
-        self.inner.flush().await?;
-        Ok(())
+        // Written in full: start the next batch at the front of the buffer.
+        self.buf.clear();
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.dirty = false;
+        Poll::Ready(Ok(()))
     }
 
     /// Pushes one frame and flushes.
@@ -208,6 +240,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.shutdown().await?;
         Ok(())
     }
+}
+
+fn write_zero() -> ConnectionError {
+    ConnectionError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "the stream took no bytes"))
 }
 
 #[cfg(test)]
@@ -270,6 +306,43 @@ mod tests {
             assert_eq!(&reader.read_frame().await.unwrap().unwrap(), f);
         }
         assert_eq!(writing.await.unwrap().unwrap(), 0, "nothing left after a flush");
+    }
+
+    /// A flush cancelled while the stream is full (as `select!` does when a
+    /// frame arrives first) loses nothing and sends nothing twice; frames
+    /// pushed in between go out after the ones before them.
+    #[tokio::test]
+    async fn a_cancelled_flush_resumes_where_it_stopped() {
+        let frame = |corr, len| Frame {
+            body: Some(Body::Send(Send {
+                corr,
+                payload: Bytes::from((0..len).map(|i| (i % 253) as u8).collect::<Vec<u8>>()),
+                ..Default::default()
+            })),
+        };
+        let first = vec![frame(1, 100), frame(2, 40 * 1024), frame(3, 300)];
+        let (tx, rx) = tokio::io::duplex(4 * 1024);
+        let mut writer = FrameWriter::new(tx);
+        for f in &first {
+            writer.push(f);
+        }
+        let total = writer.pending();
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), writer.flush()).await;
+        assert!(cut.is_err(), "a 4 KiB pipe nobody reads cannot take the batch");
+        let left = writer.pending();
+        assert!(left > 0 && left < total, "{left} of {total} bytes left: the flush made progress");
+        assert!(writer.is_dirty());
+        // More frames join the batch while it is half written.
+        let later = vec![frame(4, 20 * 1024), frame(5, 10)];
+        for f in &later {
+            writer.push(f);
+        }
+        let writing = tokio::spawn(async move { writer.flush().await.map(|()| writer.is_dirty()) });
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        for f in first.iter().chain(&later) {
+            assert_eq!(&reader.read_frame().await.unwrap().unwrap(), f);
+        }
+        assert!(!writing.await.unwrap().unwrap(), "clean after a completed flush");
     }
 
     /// A read cancelled in the middle of a large frame (as `select!` does)
