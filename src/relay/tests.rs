@@ -98,6 +98,23 @@ impl Peer {
     async fn accept(&mut self, corr: u64, receivers: u32) {
         self.send(Body::Accepted(Accepted { corr, receivers })).await;
     }
+
+    /// Expects `n` sends, each message id once, and accepts each for one
+    /// receiver; returns the ids.
+    async fn accept_each_once(
+        &mut self,
+        n: usize,
+        check: impl Fn(&crate::wire::Send),
+    ) -> std::collections::HashSet<Bytes> {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..n {
+            let (corr, header, send) = self.expect_send().await;
+            check(&send);
+            assert!(seen.insert(header.id.clone()), "a message was sent twice");
+            self.accept(corr, 1).await;
+        }
+        seen
+    }
 }
 
 struct Harness {
@@ -623,12 +640,7 @@ async fn sends_beyond_a_full_queue_wait_for_room_and_all_arrive() {
     // Let the batch and the command queue fill up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!sending.is_finished());
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..SENDS {
-        let (corr, header, _) = peer.expect_send().await;
-        assert!(seen.insert(header.id.clone()), "a message was sent twice");
-        peer.accept(corr, 1).await;
-    }
+    let seen = peer.accept_each_once(SENDS, |_| {}).await;
     let results = sending.await.unwrap();
     assert_eq!(results.len(), SENDS);
     for result in results {
@@ -668,13 +680,7 @@ async fn a_relay_that_cannot_write_goes_on_reading() {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), replies).await.expect("the relay stopped reading");
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..SENDS {
-        let (corr, header, send) = peer.expect_send().await;
-        assert_eq!(send.payload.len(), 4096);
-        assert!(seen.insert(header.id.clone()), "a message was sent twice");
-        peer.accept(corr, 1).await;
-    }
+    peer.accept_each_once(SENDS, |send| assert_eq!(send.payload.len(), 4096)).await;
     for result in sending.await.unwrap() {
         assert_eq!(result.expect("accepted").receivers, 1);
     }

@@ -205,22 +205,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// other work (reading, say) and push more frames between polls.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         while let Some(part) = self.parts.front_mut() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, part))?;
-            if n == 0 {
-                return Poll::Ready(Err(write_zero()));
-            }
-            part.advance(n);
-            if part.is_empty() {
-                self.parts.pop_front();
-            }
+            ready!(poll_write_out(&mut self.inner, cx, part))?;
+            self.parts.pop_front();
         }
-        while !self.buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf))?;
-            if n == 0 {
-                return Poll::Ready(Err(write_zero()));
-            }
-            self.buf.advance(n);
-        }
+        ready!(poll_write_out(&mut self.inner, cx, &mut self.buf))?;
         // Written in full: start the next batch at the front of the buffer.
         self.buf.clear();
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -242,8 +230,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-fn write_zero() -> ConnectionError {
-    ConnectionError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "the stream took no bytes"))
+/// Writes `data` out, advancing it past what the stream took, until it is
+/// empty; what was written stays consumed if this returns `Pending`.
+fn poll_write_out<W: AsyncWrite + Unpin>(
+    inner: &mut W,
+    cx: &mut Context<'_>,
+    data: &mut impl Buf,
+) -> Poll<Result<(), ConnectionError>> {
+    while data.has_remaining() {
+        let n = ready!(Pin::new(&mut *inner).poll_write(cx, data.chunk()))?;
+        if n == 0 {
+            let zero = std::io::Error::new(std::io::ErrorKind::WriteZero, "the stream took no bytes");
+            return Poll::Ready(Err(ConnectionError::Io(zero)));
+        }
+        data.advance(n);
+    }
+    Poll::Ready(Ok(()))
 }
 
 #[cfg(test)]
