@@ -123,7 +123,7 @@ impl Forwarder {
     /// W1: sequential round trips A → B → A.
     pub async fn w1(&self, plan: &Plan) -> Result<Outcome> {
         let (mut reader, mut writer, frame) = self.echoing().await?;
-        sequential_latency(plan, async || round_trip(&mut reader, &mut writer, &frame).await).await
+        sequential_latency!(plan, round_trip(&mut reader, &mut writer, &frame)).await
     }
 
     /// W4 on one connection pair: 32 round trips in flight.

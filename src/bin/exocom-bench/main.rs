@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
 
 use measure::{Outcome, Plan};
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "Benchmarks our router against nats-server and a bare TLS forwarder")]
 struct Cli {
     #[command(subcommand)]
@@ -70,9 +70,13 @@ struct Cli {
     /// the router has accepted it).
     #[arg(long, default_value_t = ours::WINDOW)]
     window: usize,
+    /// Drive the workloads from the main thread (`block_on`) instead of a
+    /// task on a runtime worker, as before the eleventh round.
+    #[arg(long)]
+    main_thread: bool,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Serve {
     /// Runs our router (child process of a benchmark).
     ServeRouter {
@@ -110,7 +114,18 @@ fn main() {
             match &cli.serve {
                 Some(Serve::ServeRouter { dir, no_audit }) => serve::router(dir, !no_audit).await,
                 Some(Serve::ServeForwarder { dir }) => serve::forwarder(dir).await,
-                None => run(&cli).await,
+                // The clients run in a task on a runtime worker, as a
+                // service's code does, not on the thread that blocks on
+                // the runtime: every hand-off to a connection task would
+                // otherwise wake another thread.
+                None if cli.main_thread => run(&cli).await,
+                None => {
+                    let cli = cli.clone();
+                    match tokio::spawn(async move { run(&cli).await }).await {
+                        Ok(r) => r,
+                        Err(e) => Err(anyhow::anyhow!("the benchmark task failed: {e}")),
+                    }
+                }
             }
         })
     });

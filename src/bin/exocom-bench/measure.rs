@@ -30,28 +30,70 @@ impl Plan {
 
 /// W1 on any system: `plan.n(1_000)` warm-up round trips, then up to
 /// `plan.n(20_000)` timed ones, each awaited before the next, stopping at
-/// the time bound.
-pub async fn sequential_latency(
-    plan: &Plan,
-    mut round_trip: impl AsyncFnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<Outcome> {
-    let deadline = plan.deadline();
-    let warm_up = plan.n(1_000);
-    for _ in 0..warm_up {
-        round_trip().await?;
-    }
-    let n = plan.n(20_000);
-    let mut samples = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let t = Instant::now();
-        round_trip().await?;
-        samples.push(t.elapsed().as_secs_f64() * 1e6);
-        if Instant::now() > deadline {
-            break;
+/// the time bound. `$round_trip` is an expression giving a future of
+/// `anyhow::Result<()>`, evaluated once per round trip.
+///
+/// A macro rather than a function taking an `AsyncFnMut`: the future it
+/// gives must be `Send` (the workloads run in a task on a runtime worker),
+/// and an async closure's future is not yet provably `Send` for every
+/// lifetime it borrows.
+macro_rules! sequential_latency {
+    ($plan:expr, $round_trip:expr) => {
+        async {
+            let mut run = $crate::measure::LatencyRun::new($plan);
+            while let Some(started) = run.next() {
+                $round_trip.await?;
+                run.record(started);
+            }
+            anyhow::Ok(run.outcome())
+        }
+    };
+}
+pub(crate) use sequential_latency;
+
+/// The state of one W1 run: which round trip comes next, and the timed ones.
+pub struct LatencyRun {
+    deadline: Instant,
+    warm_up: u64,
+    n: u64,
+    done: u64,
+    samples: Vec<f64>,
+}
+
+impl LatencyRun {
+    /// A run under `plan`; its time bound starts now.
+    pub fn new(plan: &Plan) -> LatencyRun {
+        let n = plan.n(20_000);
+        LatencyRun {
+            deadline: plan.deadline(),
+            warm_up: plan.n(1_000),
+            n,
+            done: 0,
+            samples: Vec::with_capacity(n as usize),
         }
     }
-    let total = warm_up + samples.len() as u64;
-    Ok(Outcome::latency(samples, total))
+
+    /// When the next round trip starts, or `None` once all are done or the
+    /// time bound has passed (checked after the warm-up only).
+    pub fn next(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let finished =
+            self.samples.len() as u64 >= self.n || (!self.samples.is_empty() && now > self.deadline);
+        (!finished).then_some(now)
+    }
+
+    /// The round trip that started at `started` has completed.
+    pub fn record(&mut self, started: Instant) {
+        if self.done >= self.warm_up {
+            self.samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        self.done += 1;
+    }
+
+    /// The percentiles of the timed round trips.
+    pub fn outcome(self) -> Outcome {
+        Outcome::latency(self.samples, self.done)
+    }
 }
 
 /// What one workload on one system gave.

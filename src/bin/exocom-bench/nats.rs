@@ -167,11 +167,7 @@ impl Nats {
         let _echo = self.echo().await?;
         let load = self.client("load").await?;
         let payload = raw_payload(256);
-        sequential_latency(plan, async || {
-            load.request("bench.echo", payload.clone()).await?;
-            Ok(())
-        })
-        .await
+        sequential_latency!(plan, load.request("bench.echo", payload.clone())).await
     }
 
     /// W2/W5: one publisher, one subscriber.

@@ -88,11 +88,7 @@ impl Ours {
         let echo = self.echo(256).await?;
         let load = self.builder("load").connect().await?;
         let text = json_text(256);
-        let outcome = sequential_latency(plan, async || {
-            load.request_one("bench.echo", &*text).await?;
-            Ok(())
-        })
-        .await;
+        let outcome = sequential_latency!(plan, load.request_one("bench.echo", &*text)).await;
         load.close().await;
         echo.close().await;
         outcome
