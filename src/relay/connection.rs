@@ -44,6 +44,11 @@ use crate::wire::{
 
 /// Most delivery tags one `Ack` frame waits to collect.
 const MAX_ACK_BATCH: usize = 256;
+/// Longest an `Ack` waits for another frame to go out with. Acks that
+/// would go out alone wait this long for the next send, reply or batch of
+/// acks, so a request/reply service writes once per message instead of
+/// twice; an idle connection sends them when this passes.
+pub(crate) const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Payloads from this size on are opened off the connection task (see
 /// [`ConnectionTask::on_deliver`]): opening 64 KiB takes ~75 µs, long enough
 /// for the router to queue up behind a relay that reads and opens in turn.
@@ -287,6 +292,10 @@ impl<C: Connector> ConnectionTask<C> {
         let mut alive = tokio::time::interval(keepalive / 2);
         alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         alive.reset();
+        // Armed while acks wait for company (see `ACK_DELAY`).
+        let ack_timer = tokio::time::sleep(ACK_DELAY);
+        tokio::pin!(ack_timer);
+        let mut ack_armed = false;
         let end = loop {
             if drain_deadline.is_some() && self.dedup.in_progress() == 0 && self.opening == 0 {
                 break SessionEnd::Closed;
@@ -324,6 +333,11 @@ impl<C: Connector> ConnectionTask<C> {
                         Ok(())
                     }
                 }
+                () = &mut ack_timer, if ack_armed => {
+                    ack_armed = false;
+                    self.flush_acks(&mut out);
+                    Ok(())
+                }
                 _ = refresh.tick(), if refresh_every.is_some() => {
                     for body in self.shared.codec.refresh_frames(&self.shared.instance) {
                         out.push(body);
@@ -354,8 +368,23 @@ impl<C: Connector> ConnectionTask<C> {
                 {
                     Ok(())
                 }
+                // Acks that would go out alone wait, as long as what they
+                // hold back stays a small part of our prefetch credit.
+                Ok(())
+                    if !self.acks.is_empty()
+                        && !draining
+                        && !out.writer.is_dirty()
+                        && self.acks.len() * 4 < self.shared.settings.prefetch as usize =>
+                {
+                    if !ack_armed {
+                        ack_armed = true;
+                        ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                    }
+                    Ok(())
+                }
                 Ok(()) => {
                     let busy = self.acks.len() >= MAX_ACK_BATCH;
+                    ack_armed = false;
                     self.flush_acks(&mut out);
                     // While frames keep arriving the flush branch above may
                     // not run for a while: write what is due now, as far as

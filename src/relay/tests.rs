@@ -685,3 +685,60 @@ async fn a_relay_that_cannot_write_goes_on_reading() {
         assert_eq!(result.expect("accepted").receivers, 1);
     }
 }
+
+/// A handler for `todos.create` that tells the test each time it has run.
+fn signalling(builder: RelayBuilder) -> (RelayBuilder, mpsc::UnboundedReceiver<()>) {
+    let (ran, runs) = mpsc::unbounded_channel();
+    let b = builder.handle("todos.create", [1], move |_m: Incoming, _r: Responder| {
+        let ran = ran.clone();
+        async move {
+            let _ = ran.send(());
+            Ok::<(), Error>(())
+        }
+    });
+    (b, runs)
+}
+
+// Paused time: the clock moves only when every task waits, and then straight
+// to the next timer, so how long the ack waited is exact.
+#[tokio::test(start_paused = true)]
+async fn an_ack_waits_for_a_frame_to_go_with_and_goes_alone_after_the_ack_delay() {
+    let (b, mut runs) = signalling(builder());
+    let (relay, mut peer, _h) = connected(b).await;
+
+    // Alone: nothing else to send, so it goes out when the delay is over.
+    let start = tokio::time::Instant::now();
+    peer.send(deliver(1, &command("todos.create", false), r#""a""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    assert_eq!(start.elapsed(), super::connection::ACK_DELAY, "a lone ack waits exactly the delay");
+
+    // With company: a send made while the ack waits carries it along, ahead
+    // of the delay (an unbatched ack would arrive before the Send).
+    let start = tokio::time::Instant::now();
+    peer.send(deliver(2, &command("todos.create", false), r#""b""#)).await;
+    runs.recv().await.expect("handler ran");
+    runs.recv().await.expect("handler ran");
+    let r = relay.clone();
+    let sending = tokio::spawn(async move { r.send("todos.archive", &1).await });
+    let (corr, header, _) = peer.expect_send().await;
+    assert_eq!(header.name, "todos.archive");
+    assert_eq!(
+        peer.expect().await,
+        Body::Ack(crate::wire::Ack { tags: vec![2] }),
+        "the ack came with the send"
+    );
+    assert!(start.elapsed() < super::connection::ACK_DELAY, "it did not wait for the delay");
+    peer.accept(corr, 1).await;
+    sending.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_prefetch_of_one_an_ack_goes_out_at_once() {
+    // Holding the only credit back would stall the router's next delivery.
+    let (b, _runs) = signalling(builder().prefetch(1));
+    let (_relay, mut peer, _h) = connected(b).await;
+    let start = tokio::time::Instant::now();
+    peer.send(deliver(1, &command("todos.create", false), r#""a""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    assert_eq!(start.elapsed(), Duration::ZERO, "the ack did not wait");
+}
