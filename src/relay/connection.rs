@@ -352,12 +352,10 @@ impl<C: Connector> ConnectionTask<C> {
                 },
                 // Last: the batch goes out when nothing else is ready, so
                 // what a burst of frames and commands sends is written once.
-                // One yield first lets the handlers and callers running
-                // beside this task add what they are about to send.
-                written = async {
-                    tokio::task::yield_now().await;
-                    out.flush().await
-                }, if out.writer.is_dirty() => written,
+                // No yield first: tokio's yield wakes an idle worker, which
+                // then steals this task or its handlers and every hand-off
+                // after it crosses threads (W1 ran 15-20 % slower with it).
+                written = out.flush(), if out.writer.is_dirty() => written,
             };
             let step = match step {
                 // Acks wait while more work is already queued, so one Ack
