@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -539,87 +539,135 @@ struct PendingAccept {
     durable: Option<Durable>,
     /// The send's in-flight slot, released once its answer is taken for writing.
     _permit: Option<OwnedSemaphorePermit>,
+    hold: bool,
 }
 
-/// The answer to the oldest pending send, once its writes are done.
-fn poll_oldest(pending: &mut VecDeque<PendingAccept>, cx: &mut Context<'_>) -> Poll<Frame> {
+/// Longest a request's `Accepted` waits, once written to the batch, for
+/// another frame to go out with (its reply, as a rule). The requester waits
+/// for the reply anyway; in the same write both cost it one read.
+pub(crate) const ACCEPT_HOLD: Duration = Duration::from_millis(1);
+
+/// The answer to the oldest pending send, once its writes are done, and
+/// whether it may wait for company ([`ACCEPT_HOLD`]).
+fn poll_oldest(pending: &mut VecDeque<PendingAccept>, cx: &mut Context<'_>) -> Poll<(Frame, bool)> {
     let Some(oldest) = pending.front_mut() else { return Poll::Pending };
     let result = match oldest.durable.as_mut() {
         None => Ok(()),
         Some(durable) => ready!(Pin::new(durable).poll(cx)),
     };
-    let Some(PendingAccept { corr, receivers, .. }) = pending.pop_front() else { return Poll::Pending };
+    let Some(PendingAccept { corr, receivers, hold, .. }) = pending.pop_front() else { return Poll::Pending };
     Poll::Ready(match result {
-        Ok(()) => accepted(corr, receivers),
-        Err(code) => error_frame(corr, code, "the message could not be made durable; it was not accepted"),
+        Ok(()) => (accepted(corr, receivers), hold),
+        Err(code) => {
+            (error_frame(corr, code, "the message could not be made durable; it was not accepted"), false)
+        }
     })
+}
+
+/// The frames batched since the last write, and whether every one of them
+/// is a request's `Accepted` that may wait for company.
+struct Batch<W> {
+    writer: FrameWriter<W>,
+    /// Nothing but holdable `Accepted` frames since the last write (true
+    /// when empty).
+    holdable: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Batch<W> {
+    fn push(&mut self, frame: &Frame, hold: bool) {
+        self.holdable &= hold;
+        self.writer.push(frame);
+    }
+
+    /// Whether the batch may wait for company: it holds only requests'
+    /// `Accepted` frames.
+    fn may_wait(&self) -> bool {
+        self.holdable && self.writer.pending() > 0
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.writer.flush().await?;
+        self.holdable = true;
+        Ok(())
+    }
 }
 
 /// The writer: batches frames into as few writes as possible; `Accepted`
 /// frames wait, in order, for their audit and store writes.
-async fn write_loop(
-    mut writer: FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: FrameWriter<W>,
     mut rx: mpsc::Receiver<Outbound>,
 ) -> Result<(), ConnectionError> {
     const BATCH_BYTES: usize = 256 * 1024;
+    let mut batch = Batch { writer, holdable: true };
     let mut pending: VecDeque<PendingAccept> = VecDeque::new();
     let mut open = true;
+    // Set while a batch of requests' `Accepted` frames waits for company.
+    let hold_timer = tokio::time::sleep(ACCEPT_HOLD);
+    tokio::pin!(hold_timer);
+    let mut holding = false;
     while open || !pending.is_empty() {
         tokio::select! {
             biased;
-            frame = std::future::poll_fn(|cx| poll_oldest(&mut pending, cx)), if !pending.is_empty() => {
-                writer.push(&frame);
+            (frame, hold) = std::future::poll_fn(|cx| poll_oldest(&mut pending, cx)), if !pending.is_empty() => {
+                batch.push(&frame, hold);
                 // Accepts resolve a whole audit batch at a time: take every ready one.
-                while let Poll::Ready(frame) = poll_oldest(&mut pending, &mut Context::from_waker(Waker::noop())) {
-                    writer.push(&frame);
+                while let Poll::Ready((frame, hold)) = poll_oldest(&mut pending, &mut Context::from_waker(Waker::noop())) {
+                    batch.push(&frame, hold);
                 }
             }
             out = rx.recv(), if open => match out {
-                Some(out) => push(&mut writer, &mut pending, out),
+                Some(out) => push(&mut batch, &mut pending, out),
                 None => open = false,
             },
+            () = &mut hold_timer, if holding => batch.holdable = false,
         }
-        drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
-        if writer.pending() < BATCH_BYTES {
+        drain(&mut batch, &mut pending, &mut rx, BATCH_BYTES);
+        if batch.writer.pending() < BATCH_BYTES {
             // The core hands frames over one command at a time; flushing at
             // once would cost a TLS record and a syscall per frame. One yield
             // lets the producers add what they are about to send.
             tokio::task::yield_now().await;
-            drain(&mut writer, &mut pending, &mut rx, BATCH_BYTES);
+            drain(&mut batch, &mut pending, &mut rx, BATCH_BYTES);
         }
-        writer.flush().await?;
+        if open && batch.may_wait() {
+            if !holding {
+                holding = true;
+                hold_timer.as_mut().reset(tokio::time::Instant::now() + ACCEPT_HOLD);
+            }
+            continue;
+        }
+        holding = false;
+        batch.flush().await?;
     }
-    writer.shutdown().await
+    batch.flush().await?;
+    batch.writer.shutdown().await
 }
 
 /// Moves what is already queued into the batch, up to `max` bytes.
-fn drain(
-    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
+fn drain<W: AsyncWrite + Unpin>(
+    batch: &mut Batch<W>,
     pending: &mut VecDeque<PendingAccept>,
     rx: &mut mpsc::Receiver<Outbound>,
     max: usize,
 ) {
-    while writer.pending() < max {
+    while batch.writer.pending() < max {
         match rx.try_recv() {
-            Ok(out) => push(writer, pending, out),
+            Ok(out) => push(batch, pending, out),
             Err(_) => break,
         }
     }
 }
 
-fn push(
-    writer: &mut FrameWriter<WriteHalf<TlsStream<TcpStream>>>,
-    pending: &mut VecDeque<PendingAccept>,
-    out: Outbound,
-) {
+fn push<W: AsyncWrite + Unpin>(batch: &mut Batch<W>, pending: &mut VecDeque<PendingAccept>, out: Outbound) {
     match out {
-        Outbound::Frame(frame) => writer.push(&frame),
+        Outbound::Frame(frame) => batch.push(&frame, false),
         // The in-flight permit is released as the answer is queued for writing.
-        Outbound::Accept { corr, receivers, durable: None, .. } if pending.is_empty() => {
-            writer.push(&accepted(corr, receivers))
+        Outbound::Accept { corr, receivers, durable: None, hold, .. } if pending.is_empty() => {
+            batch.push(&accepted(corr, receivers), hold)
         }
-        Outbound::Accept { corr, receivers, durable, permit } => {
-            pending.push_back(PendingAccept { corr, receivers, durable, _permit: permit })
+        Outbound::Accept { corr, receivers, durable, permit, hold } => {
+            pending.push_back(PendingAccept { corr, receivers, durable, _permit: permit, hold })
         }
     }
 }
@@ -661,9 +709,15 @@ mod tests {
         let mut pending = VecDeque::new();
         for (corr, rx) in [(1, rx1), (2, rx2)] {
             let durable = super::super::core::combine(None, vec![store_write(rx)]);
-            pending.push_back(PendingAccept { corr, receivers: 1, durable, _permit: slot() });
+            pending.push_back(PendingAccept { corr, receivers: 1, durable, _permit: slot(), hold: false });
         }
-        pending.push_back(PendingAccept { corr: 3, receivers: 0, durable: None, _permit: slot() });
+        pending.push_back(PendingAccept {
+            corr: 3,
+            receivers: 0,
+            durable: None,
+            _permit: slot(),
+            hold: false,
+        });
         let cx = &mut Context::from_waker(Waker::noop());
 
         tx2.send(Ok(())).unwrap();
@@ -672,7 +726,7 @@ mod tests {
 
         tx1.send(Err(StoreError::Unavailable("disk full".into()))).unwrap();
         let answers: Vec<_> = std::iter::from_fn(|| match poll_oldest(&mut pending, cx) {
-            Poll::Ready(frame) => Some(answer(frame)),
+            Poll::Ready((frame, _)) => Some(answer(frame)),
             Poll::Pending => None,
         })
         .collect();
@@ -683,5 +737,55 @@ mod tests {
         );
         assert!(pending.is_empty());
         assert_eq!(slots.available_permits(), 3);
+    }
+
+    fn accept(corr: u64, hold: bool) -> Outbound {
+        Outbound::Accept { corr, receivers: 1, durable: None, permit: None, hold }
+    }
+
+    /// A writer loop over an in-memory pipe; the test reads what it writes.
+    fn writer_loop() -> (mpsc::Sender<Outbound>, FrameReader<tokio::io::DuplexStream>) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(write_loop(FrameWriter::new(ours), rx));
+        (tx, FrameReader::new(theirs, 1 << 20))
+    }
+
+    async fn next(reader: &mut FrameReader<tokio::io::DuplexStream>) -> Body {
+        reader.read_frame().await.unwrap().unwrap().body.unwrap()
+    }
+
+    // Paused time: the clock moves only when every task waits, and then
+    // straight to the next timer, so how long a frame waited is exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_requests_accepted_waits_for_company_and_no_longer_than_the_hold() {
+        let (tx, mut reader) = writer_loop();
+
+        // Alone, it goes out when the hold is over.
+        let start = tokio::time::Instant::now();
+        tx.send(accept(1, true)).await.unwrap();
+        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (1, Ok(1)));
+        assert_eq!(start.elapsed(), ACCEPT_HOLD, "it waited the whole hold");
+
+        // With the reply behind it, both go at once, the answer first.
+        let start = tokio::time::Instant::now();
+        tx.send(accept(2, true)).await.unwrap();
+        tokio::task::yield_now().await;
+        let reply = Frame { body: Some(Body::Pong(crate::wire::Pong { nonce: 7 })) };
+        tx.send(Outbound::Frame(reply)).await.unwrap();
+        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (2, Ok(1)));
+        assert_eq!(next(&mut reader).await, Body::Pong(crate::wire::Pong { nonce: 7 }));
+        assert_eq!(start.elapsed(), Duration::ZERO, "company ended the wait");
+
+        // Any other answer goes at once.
+        let start = tokio::time::Instant::now();
+        tx.send(accept(3, false)).await.unwrap();
+        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (3, Ok(1)));
+        assert_eq!(start.elapsed(), Duration::ZERO, "a send's answer does not wait");
+
+        // A closing connection writes what it holds.
+        tx.send(accept(4, true)).await.unwrap();
+        drop(tx);
+        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (4, Ok(1)));
     }
 }

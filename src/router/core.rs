@@ -79,6 +79,9 @@ pub enum Outbound {
         durable: Option<Durable>,
         /// The send's in-flight slot, released once the answer is written.
         permit: Option<OwnedSemaphorePermit>,
+        /// A request with receivers: its `Accepted` may wait (briefly) for
+        /// the reply, to reach the requester in the same write.
+        hold: bool,
     },
 }
 
@@ -474,7 +477,13 @@ impl Core {
         let wait = combine(audit, durable);
         self.push(
             sender_conn,
-            Outbound::Accept { corr, receivers: receivers.len() as u32, durable: wait, permit },
+            Outbound::Accept {
+                corr,
+                receivers: receivers.len() as u32,
+                durable: wait,
+                permit,
+                hold: msg.expects_reply && !receivers.is_empty(),
+            },
         );
         for svc in receivers {
             self.dispatch(svc);
@@ -506,7 +515,7 @@ impl Core {
             // The route stays until its deadline: the requester may be reconnecting.
             self.audit_msg(Event::Drop, &msg, None, None, |r| r.reason = Some(Arc::from("requester_gone")));
             // The replier did its part; the requester is gone, so the reply is dropped, not queued.
-            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None, permit });
+            self.push(replier, Outbound::Accept { corr, receivers: 0, durable: None, permit, hold: false });
             return;
         };
         let req_service = req.handle.sender.service.clone();
@@ -543,7 +552,7 @@ impl Core {
                 self.replies.remove(&command);
             }
         }
-        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None, permit });
+        self.push(replier, Outbound::Accept { corr, receivers: 1, durable: None, permit, hold: false });
     }
 
     fn refuse_reply(&mut self, msg: &Message, corr: u64, why: &str) {
