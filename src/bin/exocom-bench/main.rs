@@ -70,8 +70,9 @@ struct Cli {
     /// the router has accepted it).
     #[arg(long, default_value_t = ours::WINDOW)]
     window: usize,
-    /// Drive the workloads from the main thread (`block_on`) instead of a
-    /// task on a runtime worker, as before the eleventh round.
+    /// Drive the workloads from the thread that blocks on the runtime
+    /// instead of a task on a runtime worker (the earlier way; every
+    /// hand-off then wakes another thread, see docs/PERFORMANCE.md).
     #[arg(long)]
     main_thread: bool,
 }
