@@ -640,7 +640,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         holding = false;
         batch.flush().await?;
     }
-    batch.flush().await?;
+    // `shutdown` writes what is still batched first.
     batch.writer.shutdown().await
 }
 
@@ -751,8 +751,8 @@ mod tests {
         (tx, FrameReader::new(theirs, 1 << 20))
     }
 
-    async fn next(reader: &mut FrameReader<tokio::io::DuplexStream>) -> Body {
-        reader.read_frame().await.unwrap().unwrap().body.unwrap()
+    async fn next(reader: &mut FrameReader<tokio::io::DuplexStream>) -> Frame {
+        reader.read_frame().await.unwrap().unwrap()
     }
 
     // Paused time: the clock moves only when every task waits, and then
@@ -764,7 +764,7 @@ mod tests {
         // Alone, it goes out when the hold is over.
         let start = tokio::time::Instant::now();
         tx.send(accept(1, true)).await.unwrap();
-        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (1, Ok(1)));
+        assert_eq!(answer(next(&mut reader).await), (1, Ok(1)));
         assert_eq!(start.elapsed(), ACCEPT_HOLD, "it waited the whole hold");
 
         // With the reply behind it, both go at once, the answer first.
@@ -773,19 +773,19 @@ mod tests {
         tokio::task::yield_now().await;
         let reply = Frame { body: Some(Body::Pong(crate::wire::Pong { nonce: 7 })) };
         tx.send(Outbound::Frame(reply)).await.unwrap();
-        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (2, Ok(1)));
-        assert_eq!(next(&mut reader).await, Body::Pong(crate::wire::Pong { nonce: 7 }));
+        assert_eq!(answer(next(&mut reader).await), (2, Ok(1)));
+        assert_eq!(next(&mut reader).await.body, Some(Body::Pong(crate::wire::Pong { nonce: 7 })));
         assert_eq!(start.elapsed(), Duration::ZERO, "company ended the wait");
 
         // Any other answer goes at once.
         let start = tokio::time::Instant::now();
         tx.send(accept(3, false)).await.unwrap();
-        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (3, Ok(1)));
+        assert_eq!(answer(next(&mut reader).await), (3, Ok(1)));
         assert_eq!(start.elapsed(), Duration::ZERO, "a send's answer does not wait");
 
         // A closing connection writes what it holds.
         tx.send(accept(4, true)).await.unwrap();
         drop(tx);
-        assert_eq!(answer(Frame { body: Some(next(&mut reader).await) }), (4, Ok(1)));
+        assert_eq!(answer(next(&mut reader).await), (4, Ok(1)));
     }
 }

@@ -122,10 +122,8 @@ fn main() {
                 None if cli.main_thread => run(&cli).await,
                 None => {
                     let cli = cli.clone();
-                    match tokio::spawn(async move { run(&cli).await }).await {
-                        Ok(r) => r,
-                        Err(e) => Err(anyhow::anyhow!("the benchmark task failed: {e}")),
-                    }
+                    let task = tokio::spawn(async move { run(&cli).await });
+                    task.await.context("the benchmark task failed").and_then(|r| r)
                 }
             }
         })
