@@ -75,6 +75,10 @@ struct Cli {
     /// hand-off then wakes another thread, see docs/PERFORMANCE.md).
     #[arg(long)]
     main_thread: bool,
+    /// Runtime worker threads for the benchmark's clients (both systems'
+    /// clients alike); by default one per CPU, tokio's default.
+    #[arg(long)]
+    client_workers: Option<usize>,
 }
 
 #[derive(Subcommand, Clone)]
@@ -98,7 +102,7 @@ enum Serve {
 
 /// mimalloc instead of glibc malloc: the router and the relays allocate small
 /// short-lived buffers per message, where glibc spent 8–17 % of their time
-/// (docs/PERFORMANCE.md).
+/// (docs/PERFORMANCE-HISTORY.md, third round, item 10).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -108,6 +112,8 @@ fn main() {
     if let Some(Serve::ServeRouter { .. }) = &cli.serve {
         // As `exocom serve` does by default.
         builder.worker_threads(exocom::router::default_workers());
+    } else if let Some(n) = cli.client_workers {
+        builder.worker_threads(n.max(1));
     }
     let rt = builder.enable_all().build();
     let result = rt.context("starting the runtime").and_then(|rt| {
