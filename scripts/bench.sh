@@ -41,8 +41,8 @@ timeout --kill-after=10 "$TOTAL" "$BIN" --scale "$SCALE" --limit-secs "$LIMIT" -
 [ "$PROFILE" = 1 ] || exit 0
 
 # Profile: our router alone (a child process) under W2 and W1, sampled by
-# perf if the kernel lets us, else nothing (see docs/PERFORMANCE.md for the
-# callgrind route).
+# perf if the kernel lets us, else skipped (docs/PERFORMANCE.md, "Where the
+# router's time goes", has the perf command with call stacks).
 if ! perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1; then
     echo "perf cannot sample here; skipping the profile" >&2
     exit 0

@@ -55,7 +55,7 @@ pub use self::core::CoreConfig;
 /// own and, at high rates, keeps most of a CPU busy; on the 2-CPU
 /// benchmark machine, where the clients share the CPUs too, one worker
 /// routed as fast or faster than two in every workload and took 15-24 %
-/// less CPU per message or round trip (docs/PERFORMANCE.md, ninth round).
+/// less CPU per message or round trip (docs/PERFORMANCE-HISTORY.md, ninth round).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }

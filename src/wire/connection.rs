@@ -117,7 +117,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// its size, held as long as any part of the frame is referenced (in
     /// the router, until the message is acknowledged). With 64 KiB messages,
     /// faults under that growth were a third of the router's CPU
-    /// (docs/PERFORMANCE.md, fifth round). A frame over
+    /// (docs/PERFORMANCE-HISTORY.md, fifth round). A frame over
     /// [`PREALLOCATE_MAX`] gets memory only as its bytes arrive, so a peer
     /// announcing a huge frame gets nothing up front.
     fn make_room(&mut self, total: usize) {

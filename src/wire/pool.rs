@@ -6,7 +6,7 @@
 //! opened plaintext). Returned to the allocator, such buffers went back to
 //! the kernel between messages and came back as fresh pages, zeroed on
 //! first touch, often as whole 2 MiB huge pages: 15,000–59,000 page faults
-//! for 10,000 W5 messages (docs/PERFORMANCE.md, ninth round). The pool keeps a
+//! for 10,000 W5 messages (docs/PERFORMANCE-HISTORY.md, ninth round). The pool keeps a
 //! bounded number of them instead. A buffer taken from it is handed out as
 //! a [`Bytes`] whose owner puts the buffer back when the last reference is
 //! dropped, wherever that happens.
