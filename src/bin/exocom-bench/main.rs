@@ -78,7 +78,7 @@ struct Cli {
     /// Runtime worker threads for the benchmark's clients (both systems'
     /// clients alike); by default one per CPU, tokio's default.
     #[arg(long)]
-    client_workers: Option<usize>,
+    client_workers: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Subcommand, Clone)]
@@ -113,7 +113,7 @@ fn main() {
         // As `exocom serve` does by default.
         builder.worker_threads(exocom::router::default_workers());
     } else if let Some(n) = cli.client_workers {
-        builder.worker_threads(n.max(1));
+        builder.worker_threads(n.get());
     }
     let rt = builder.enable_all().build();
     let result = rt.context("starting the runtime").and_then(|rt| {
