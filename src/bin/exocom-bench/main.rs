@@ -102,7 +102,7 @@ enum Serve {
 
 /// mimalloc instead of glibc malloc: the router and the relays allocate small
 /// short-lived buffers per message, where glibc spent 8–17 % of their time
-/// (docs/PERFORMANCE-HISTORY.md, third round, item 10).
+/// (docs/PERFORMANCE-HISTORY.md: the earlier profiles; third round, item 10).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
