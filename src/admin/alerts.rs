@@ -94,7 +94,7 @@ impl Alerts {
             r.identity = Some(identity.clone());
             r.remote = remote;
             r.reason = Some(Arc::from(reason));
-            let _ = self.audit.record(r);
+            let _ = self.audit.note(r);
             self.metrics.alert("denials");
         }
     }
@@ -128,7 +128,7 @@ impl Alerts {
             let mut r = Record::new(Event::Alert);
             r.remote = Some(remote);
             r.reason = Some(Arc::from(reason));
-            let _ = self.audit.record(r);
+            let _ = self.audit.note(r);
             self.metrics.alert("handshake_failures");
         }
     }

@@ -124,7 +124,7 @@ fn audit_call(
         reason.push_str(j);
     }
     r.reason = Some(Arc::from(reason));
-    state.audit.record(r).map(drop)
+    state.audit.note(r)
 }
 
 async fn snapshot(state: &AdminState) -> Option<Snapshot> {

@@ -2,7 +2,13 @@
 //!
 //! Callers push [`Record`]s into a bounded queue through an [`AuditHandle`]
 //! without blocking or awaiting (a std mutex held for a `Vec::push`, and a
-//! wake-up only when the writer is idle). The writer takes everything
+//! wake-up only when the writer is idle). A record someone waits for
+//! ([`AuditHandle::record`]: a send's line, which its `Accepted` follows)
+//! wakes an idle writer at once; one nobody waits for
+//! ([`AuditHandle::note`]: deliveries, acks, replies, connections) does
+//! not while the writer lingers after a batch, and goes out with the next
+//! batch, at most [`LINGER`] later. So a request/reply round trip costs
+//! one batch, not one per line. The writer takes everything
 //! queued, serializes it into one buffer (sequence numbers, times, hash
 //! chain, checkpoints), makes one `write(2)`, fsyncs per [`FsyncPolicy`], and
 //! only then resolves the batch's [`Ticket`]s. It runs on a thread of its
@@ -42,6 +48,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How much of a file's end is read to find its last line when resuming.
 const TAIL_WINDOW: u64 = 1 << 20;
+/// How long after a batch the writer waits before writing records nobody
+/// waits for ([`AuditHandle::note`]) on their own: the longest such a
+/// record stays in memory only, on top of the write itself.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Starts the writer thread. Opens (or continues) the log at `config.path`,
 /// writes `log_start` and a checkpoint, and returns the handle callers record
@@ -56,18 +66,7 @@ pub fn start(
     shutdown: Shutdown,
 ) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditError> {
     let writer = Writer::open(&config)?;
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue { records: Vec::new(), next: 0, idle: false, woken: false, stop: false }),
-        wake: Condvar::new(),
-        available: AtomicBool::new(true),
-        closed: AtomicBool::new(false),
-        fail_open: config.fail_open,
-        queue_limit: config.queue_limit.max(1),
-        dropped: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        settled: Mutex::new(Settled::default()),
-        stats: Stats::default(),
-    });
+    let shared = Arc::new(Shared::new(config.fail_open, config.queue_limit));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_shared = shared.clone();
     let interval = config.checkpoint_interval;
@@ -115,11 +114,28 @@ impl AuditHandle {
     /// counted, and its ticket resolves `Ok` so traffic continues; the drop
     /// is written to the log as an `audit_gap`.
     pub fn record(&self, rec: Record) -> Result<Ticket, AuditError> {
+        match self.enqueue(rec, true)? {
+            Some((n, shared)) => Ok(Ticket { state: TicketState::Pending { n, shared } }),
+            None => Ok(Ticket::ready(Ok(()))),
+        }
+    }
+
+    /// Queues a record nobody waits for. Unlike [`AuditHandle::record`] it
+    /// does not wake a writer that lingers after a batch: it is written with
+    /// the next batch, at most [`LINGER`] later. Fails as `record` does.
+    pub fn note(&self, rec: Record) -> Result<(), AuditError> {
+        self.enqueue(rec, false).map(drop)
+    }
+
+    /// Queues `rec`; `Some` with its queue number and the shared state
+    /// when it was queued, `None` when there is nothing to wait for (no
+    /// log, or dropped while failing open).
+    fn enqueue(&self, rec: Record, urgent: bool) -> Result<Option<(u64, Arc<Shared>)>, AuditError> {
         if rec.event.is_reserved() {
             return Err(AuditError::Reserved(rec.event));
         }
         let Some(shared) = &self.shared else {
-            return Ok(Ticket::ready(Ok(())));
+            return Ok(None);
         };
         if shared.closed.load(Ordering::Acquire) {
             return Err(AuditError::Unavailable);
@@ -131,19 +147,19 @@ impl AuditHandle {
         if queue.records.len() >= shared.queue_limit {
             return if shared.fail_open {
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
-                shared.wake_writer(queue);
-                Ok(Ticket::ready(Ok(())))
+                shared.wake_writer(queue, true);
+                Ok(None)
             } else {
                 shared.refused.fetch_add(1, Ordering::Relaxed);
-                shared.wake_writer(queue);
+                shared.wake_writer(queue, true);
                 Err(AuditError::Unavailable)
             };
         }
         let n = queue.next;
         queue.next += 1;
         queue.records.push(rec);
-        shared.wake_writer(queue);
-        Ok(Ticket { state: TicketState::Pending { n, shared: shared.clone() } })
+        shared.wake_writer(queue, urgent);
+        Ok(Some((n, shared.clone())))
     }
 
     /// Whether records are being accepted (false while failing closed or after shutdown).
@@ -264,6 +280,9 @@ struct Queue {
     next: u64,
     /// The writer is waiting for work: the next record must wake it.
     idle: bool,
+    /// The writer's wait ends by itself within [`LINGER`]: a record nobody
+    /// waits for need not wake it.
+    lingering: bool,
     /// Something was queued or counted since the writer last looked.
     woken: bool,
     /// Shutdown was asked for.
@@ -312,10 +331,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new(fail_open: bool, queue_limit: usize) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue {
+                records: Vec::new(),
+                next: 0,
+                idle: false,
+                lingering: false,
+                woken: false,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            available: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            fail_open,
+            queue_limit: queue_limit.max(1),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            settled: Mutex::new(Settled::default()),
+            stats: Stats::default(),
+        }
+    }
+
     /// Wakes the writer if it waits for work (then releases the queue).
     /// A busy writer takes what was queued when its batch is done, without
-    /// a wake-up per record.
-    fn wake_writer(&self, mut queue: MutexGuard<'_, Queue>) {
+    /// a wake-up per record. A lingering writer is left to wake by itself
+    /// unless someone waits for the record (`urgent`).
+    fn wake_writer(&self, mut queue: MutexGuard<'_, Queue>, urgent: bool) {
+        if queue.lingering && !urgent {
+            return;
+        }
         queue.woken = true;
         if queue.idle {
             queue.idle = false;
@@ -328,27 +373,34 @@ impl Shared {
     fn stop(&self) {
         let mut queue = lock(&self.queue);
         queue.stop = true;
-        self.wake_writer(queue);
+        self.wake_writer(queue, true);
     }
 
     /// Waits until a record is queued, a stop is asked for or `deadline`
-    /// passes; returns whether to stop.
-    fn wait(&self, deadline: Instant) -> bool {
+    /// passes; returns whether to stop. With `linger`, the wait ends by
+    /// then at the latest, and only records someone waits for end it sooner.
+    fn wait(&self, deadline: Instant, linger: Option<Instant>) -> bool {
+        let (until, lingering) = match linger {
+            Some(t) if t < deadline => (t, true),
+            _ => (deadline, false),
+        };
         let mut queue = lock(&self.queue);
         loop {
             if queue.stop {
                 return true;
             }
             let now = Instant::now();
-            if std::mem::take(&mut queue.woken) || now >= deadline {
+            if std::mem::take(&mut queue.woken) || now >= until {
                 return false;
             }
             queue.idle = true;
-            queue = match self.wake.wait_timeout(queue, deadline - now) {
+            queue.lingering = lingering;
+            queue = match self.wake.wait_timeout(queue, until - now) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
             queue.idle = false;
+            queue.lingering = false;
         }
     }
 
@@ -944,6 +996,9 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
     let mut backoff = MIN_BACKOFF;
     let mut retry_at: Option<Instant> = None;
     let mut batch = Vec::new();
+    // Set after a batch is written: until then, records nobody waits for
+    // are left for the next batch.
+    let mut linger: Option<Instant> = None;
     loop {
         let mut deadline = writer.last_checkpoint + interval;
         if let Some(t) = writer.fsync_due() {
@@ -955,7 +1010,7 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
         if let Some(t) = retry_at {
             deadline = deadline.min(t);
         }
-        if shared.wait(deadline) || Arc::strong_count(shared) == 1 {
+        if shared.wait(deadline, linger.take()) || Arc::strong_count(shared) == 1 {
             break;
         }
         let now = Instant::now();
@@ -995,6 +1050,7 @@ fn run(mut writer: Writer, shared: &Arc<Shared>, interval: Duration) {
                 shared.available.store(true, Ordering::Release);
                 retry_at = None;
                 backoff = MIN_BACKOFF;
+                linger = Some(Instant::now() + LINGER);
             }
             Err(err) => {
                 shared.refused.fetch_add(job.refused, Ordering::Relaxed);
@@ -1102,5 +1158,89 @@ mod tests {
             prev = v["hash"].as_str().unwrap().to_owned();
         }
         assert!(text.contains("torn last line"));
+    }
+
+    /// Names of the message lines in the log, in order.
+    fn names_in(path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_noted_record_is_written_without_anyone_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let (handle, _task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        // After a batch (the writer lingers) and with the writer idle.
+        handle.record(Record::new(Event::Send).name("first")).unwrap().await.unwrap();
+        handle.note(Record::new(Event::Ack).name("noted")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.stats().records < 2 {
+            assert!(Instant::now() < deadline, "the noted record was never written");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(names_in(&path), ["first", "noted"]);
+        tokio::time::sleep(LINGER * 5).await;
+        handle.note(Record::new(Event::Ack).name("again")).unwrap();
+        while handle.stats().records < 3 {
+            assert!(Instant::now() < deadline, "a record noted to an idle writer was never written");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(names_in(&path), ["first", "noted", "again"]);
+    }
+
+    #[test]
+    fn only_a_record_someone_waits_for_wakes_a_lingering_writer() {
+        let handle = AuditHandle { shared: Some(Arc::new(Shared::new(false, 100))) };
+        let queue = || lock(&handle.shared.as_ref().unwrap().queue);
+        let sleep = |lingering: bool| {
+            let mut q = queue();
+            (q.idle, q.lingering, q.woken) = (true, lingering, false);
+        };
+        // Lingering after a batch: a note is queued and left for the next batch.
+        sleep(true);
+        handle.note(Record::new(Event::Ack)).unwrap();
+        let q = queue();
+        assert_eq!((q.records.len(), q.idle, q.woken), (1, true, false), "a note woke the writer");
+        drop(q);
+        // A record whose ticket someone awaits wakes it.
+        let _ticket = handle.record(Record::new(Event::Send)).unwrap();
+        let q = queue();
+        assert_eq!((q.records.len(), q.idle, q.woken), (2, false, true));
+        drop(q);
+        // Idle without a deadline of its own: a note wakes it too.
+        sleep(false);
+        handle.note(Record::new(Event::Ack)).unwrap();
+        let q = queue();
+        assert_eq!(
+            (q.records.len(), q.idle, q.woken),
+            (3, false, true),
+            "a note was left with an idle writer"
+        );
+    }
+
+    #[tokio::test]
+    async fn noted_records_go_out_with_the_next_batch_in_the_order_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (handle, task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        handle.record(Record::new(Event::Send).name("s0")).unwrap().await.unwrap();
+        let mut expected = vec!["s0".to_owned()];
+        for i in 0..20 {
+            let name = format!("n{i}");
+            handle.note(Record::new(Event::Deliver).name(name.as_str())).unwrap();
+            expected.push(name);
+        }
+        handle.record(Record::new(Event::Send).name("s1")).unwrap().await.unwrap();
+        expected.push("s1".to_owned());
+        trigger.trigger();
+        task.await.unwrap();
+        assert_eq!(names_in(&path), expected);
     }
 }

@@ -521,7 +521,7 @@ fn audit_policy(audit: &AuditHandle, event: Event, sha256: &str, serial: u64, er
     if let Some(e) = error {
         r = r.reason(Arc::<str>::from(e));
     }
-    let _ = audit.record(r);
+    let _ = audit.note(r);
 }
 
 /// Reloads TLS files (CA bundle, router certificate and key, CRLs) on

@@ -163,7 +163,7 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str) {
     r.remote = Some(remote);
     r.reason = Some(Arc::from(reason));
     r.decision = Some(audit::Decision::Deny);
-    let _ = shared.audit.record(r);
+    let _ = shared.audit.note(r);
     shared.metrics.handshake_failed(reason);
     shared.alerts.handshake_failure(remote, reason);
 }
@@ -215,7 +215,7 @@ async fn greet(
         r.remote = Some(remote);
         r.reason = Some(Arc::from("unknown_identity"));
         r.decision = Some(audit::Decision::Deny);
-        let _ = shared.audit.record(r);
+        let _ = shared.audit.note(r);
         shared.metrics.handshake_failed("unknown_identity");
         shared.alerts.denial(&Arc::from(uri), Some(remote));
         let text = format!("identity {uri} is not a service in the router's policy");
@@ -277,7 +277,7 @@ async fn run(
     r.sender_instance = Some(sender.instance.clone());
     r.remote = Some(remote);
     r.decision = Some(audit::Decision::Allow);
-    let _ = shared.audit.record(r);
+    let _ = shared.audit.note(r);
 
     // The certificate is checked at the handshake only; enforce its end here.
     let expiry = facts.not_after.duration_since(SystemTime::now()).unwrap_or_default();
@@ -367,7 +367,7 @@ async fn run(
         warn!(reason, "closing the connection: its certificate is no longer valid");
         r.decision = Some(audit::Decision::Deny);
     }
-    let _ = shared.audit.record(r);
+    let _ = shared.audit.note(r);
     info!(reason, "disconnected");
 }
 

@@ -53,7 +53,7 @@ impl KeyDirectory {
         r.sender = Some(service.clone());
         r.sender_instance = Some(instance.clone());
         r.bytes = Some(bytes);
-        let _ = audit.record(r);
+        let _ = audit.note(r);
     }
 
     /// The announcements of `services` (all when empty), newest first.
