@@ -114,9 +114,11 @@ impl AuditHandle {
     /// counted, and its ticket resolves `Ok` so traffic continues; the drop
     /// is written to the log as an `audit_gap`.
     pub fn record(&self, rec: Record) -> Result<Ticket, AuditError> {
-        match self.enqueue(rec, true)? {
-            Some((n, shared)) => Ok(Ticket { state: TicketState::Pending { n, shared } }),
-            None => Ok(Ticket::ready(Ok(()))),
+        match (self.enqueue(rec, true)?, &self.shared) {
+            (Some(n), Some(shared)) => {
+                Ok(Ticket { state: TicketState::Pending { n, shared: shared.clone() } })
+            }
+            _ => Ok(Ticket::ready(Ok(()))),
         }
     }
 
@@ -127,10 +129,11 @@ impl AuditHandle {
         self.enqueue(rec, false).map(drop)
     }
 
-    /// Queues `rec`; `Some` with its queue number and the shared state
-    /// when it was queued, `None` when there is nothing to wait for (no
-    /// log, or dropped while failing open).
-    fn enqueue(&self, rec: Record, urgent: bool) -> Result<Option<(u64, Arc<Shared>)>, AuditError> {
+    /// Queues `rec`; `Some` with its queue number when it was queued,
+    /// `None` when there is nothing to wait for (no log, or dropped while
+    /// failing open). Only [`AuditHandle::record`] makes a ticket of it, so
+    /// a note costs no reference count.
+    fn enqueue(&self, rec: Record, urgent: bool) -> Result<Option<u64>, AuditError> {
         if rec.event.is_reserved() {
             return Err(AuditError::Reserved(rec.event));
         }
@@ -159,7 +162,7 @@ impl AuditHandle {
         queue.next += 1;
         queue.records.push(rec);
         shared.wake_writer(queue, urgent);
-        Ok(Some((n, shared.clone())))
+        Ok(Some(n))
     }
 
     /// Whether records are being accepted (false while failing closed or after shutdown).
@@ -1160,6 +1163,17 @@ mod tests {
         assert!(text.contains("torn last line"));
     }
 
+    /// A writer on a fresh log in `dir`: the log's path, the shutdown
+    /// trigger, the handle and the writer's task.
+    fn started(
+        dir: &tempfile::TempDir,
+    ) -> (PathBuf, crate::shutdown::ShutdownTrigger, AuditHandle, tokio::task::JoinHandle<()>) {
+        let path = dir.path().join("audit.jsonl");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (handle, task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        (path, trigger, handle, task)
+    }
+
     /// Names of the message lines in the log, in order.
     fn names_in(path: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(path).unwrap();
@@ -1173,9 +1187,7 @@ mod tests {
     #[tokio::test]
     async fn a_noted_record_is_written_without_anyone_waiting_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let (_trigger, shutdown) = crate::shutdown::channel();
-        let (handle, _task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        let (path, _trigger, handle, _task) = started(&dir);
         // After a batch (the writer lingers) and with the writer idle.
         handle.record(Record::new(Event::Send).name("first")).unwrap().await.unwrap();
         handle.note(Record::new(Event::Ack).name("noted")).unwrap();
@@ -1227,9 +1239,7 @@ mod tests {
     #[tokio::test]
     async fn noted_records_go_out_with_the_next_batch_in_the_order_queued() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let (handle, task) = start(AuditConfig::new(&path), shutdown).unwrap();
+        let (path, trigger, handle, task) = started(&dir);
         handle.record(Record::new(Event::Send).name("s0")).unwrap().await.unwrap();
         let mut expected = vec!["s0".to_owned()];
         for i in 0..20 {
