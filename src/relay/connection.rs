@@ -11,16 +11,23 @@
 //! until shutdown. On shutdown it stops taking deliveries, waits (bounded)
 //! for running handlers so their acks go out, and closes.
 //!
-//! It never runs user code itself (handlers get their own tasks) and never
-//! blocks on a channel a user drains: reply buffers are written with
-//! `try_send`. Large payloads are opened in tasks of their own, but only
+//! The only user code it runs is a handler's first poll, timed: a handler
+//! that finishes on it is done without a task of its own, one that waits
+//! goes on in its own task, and one whose first poll took longer than
+//! [`INLINE_POLL_LIMIT`] gets a task of its own from its next message on
+//! (`handler.rs`). It never blocks on a channel a user drains: reply
+//! buffers are written with `try_send`. Large payloads are opened in tasks of their own, but only
 //! after the part of opening that needs the codec's state was done here, in
 //! delivery order; the result comes back here before the dedup window.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -31,8 +38,8 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use super::codec::{Begun, CodecError, Opened, SealedPayload};
 use super::dedup::{DedupWindow, MessageId, Verdict};
-use super::error::{Error, ErrorKind};
-use super::handler::{HandlerFn, HandlerTable, Incoming, Responder};
+use super::error::{BoxError, Error, ErrorKind};
+use super::handler::{HandlerFn, HandlerFuture, HandlerTable, INLINE_POLL_LIMIT, Incoming, Responder};
 use super::request::Reply;
 use super::shared::{Command, OpenedDelivery, SessionInfo, SessionState, Shared, codec_error};
 use crate::shutdown::Shutdown;
@@ -584,9 +591,66 @@ impl<C: Connector> ConnectionTask<C> {
         let sealer = opened.replies.map(|s| Arc::new(std::sync::Mutex::new(s)));
         let responder =
             Responder { shared: Arc::clone(&self.shared), command: Arc::clone(&header), next_seq: 0, sealer };
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(run_handler(shared, handler, incoming, responder, generation, d.tag, id));
+        self.start_handler(&handler, incoming, responder, Handled { generation, tag: d.tag, id }, out);
         Ok(())
+    }
+
+    /// Runs `handler` on `incoming`: its first poll here, the rest (if it
+    /// waits) in a task of its own, which reports back with
+    /// [`Command::Handled`].
+    fn start_handler(
+        &mut self,
+        handler: &HandlerFn,
+        incoming: Incoming,
+        responder: Responder,
+        done: Handled,
+        out: &mut Outbox<WriteHalf<C::Stream>>,
+    ) {
+        let header = Arc::clone(&incoming.header);
+        if !handler.starts_inline() {
+            let (shared, handler) = (Arc::clone(&self.shared), Arc::clone(handler));
+            tokio::spawn(async move {
+                match make(&handler, incoming, responder) {
+                    Ok(running) => finish_handler(shared, running, header, done).await,
+                    Err(panic) => report(&shared, done, judge(&shared, &header, Err(panic))).await,
+                }
+            });
+            return;
+        }
+        let started = std::time::Instant::now();
+        let polled = make(handler, incoming, responder).map(|mut running| {
+            // A noop waker is enough: a future left pending is polled again
+            // at once by the task it moves into, which registers its waker.
+            let poll = Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
+            (running, poll)
+        });
+        if started.elapsed() > INLINE_POLL_LIMIT {
+            handler.mark_heavy();
+            tracing::debug!(name = %header.name, "a handler's first poll ran long; its messages now start in tasks of their own");
+        }
+        match polled {
+            Ok((_, Poll::Ready(outcome))) => self.handled(done, judge(&self.shared, &header, outcome), out),
+            Ok((running, Poll::Pending)) => {
+                tokio::spawn(finish_handler(Arc::clone(&self.shared), running, header, done));
+            }
+            Err(panic) => self.handled(done, judge(&self.shared, &header, Err(panic)), out),
+        }
+    }
+
+    /// A handler finished with `success`: the delivery is acked, or handed
+    /// back for redelivery.
+    fn handled(&mut self, done: Handled, success: bool, out: &mut Outbox<WriteHalf<C::Stream>>) {
+        self.dedup.finish(done.id, success);
+        if done.generation != self.generation {
+            // The router redelivers what an old connection left
+            // unacknowledged; the dedup window absorbs it if handled.
+            return;
+        }
+        if success {
+            self.acks.push(done.tag);
+        } else {
+            out.nack(done.tag, true);
+        }
     }
 
     fn on_reply(&mut self, d: Deliver, header: RoutingHeader, id: MessageId) {
@@ -678,18 +742,8 @@ impl<C: Connector> ConnectionTask<C> {
                 }
                 self.on_opened(deliver, header, id, opened, generation, out)?;
             }
-            Command::Handled { generation: of, tag, id, success } => {
-                self.dedup.finish(id, success);
-                if of != generation {
-                    // The router redelivers what an old connection left
-                    // unacknowledged; the dedup window absorbs it if handled.
-                    return Ok(());
-                }
-                if success {
-                    self.acks.push(tag);
-                } else {
-                    out.nack(tag, true);
-                }
+            Command::Handled { generation, tag, id, success } => {
+                self.handled(Handled { generation, tag, id }, success, out);
             }
         }
         Ok(())
@@ -733,27 +787,51 @@ impl<C: Connector> ConnectionTask<C> {
     }
 }
 
-/// Runs one handler in its own task and reports the outcome to the
-/// connection task. A panic is caught at the handler's future, so it fails
-/// that one message, never the relay; catching it there rather than in a
-/// second task saves a spawn and a task switch per delivery.
-async fn run_handler(
-    shared: Arc<Shared>,
-    handler: HandlerFn,
-    incoming: Incoming,
-    responder: Responder,
+/// Which delivery a handler is running for.
+struct Handled {
     generation: u64,
     tag: u64,
     id: MessageId,
-) {
-    let name = incoming.name().to_owned();
-    let header = Arc::clone(&incoming.header);
+}
+
+/// A handler's future with panics caught.
+type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<HandlerFuture>>;
+
+/// What a handler came to: its result, or the panic that stopped it.
+type Outcome = Result<Result<(), BoxError>, Panic>;
+
+/// A caught panic's payload.
+type Panic = Box<dyn Any + std::marker::Send>;
+
+/// The rest of a handler that waited, in a task of its own; the outcome goes
+/// back to the connection task. A panic is caught at the handler's future,
+/// so it fails that one message, never the relay.
+async fn finish_handler(shared: Arc<Shared>, running: Running, header: Arc<RoutingHeader>, done: Handled) {
     // The handler's state is dropped with the panic; nothing shared is left half-updated.
-    let outcome = std::panic::AssertUnwindSafe(handler(incoming, responder)).catch_unwind().await;
-    let success = match outcome {
+    let success = judge(&shared, &header, running.await);
+    report(&shared, done, success).await;
+}
+
+/// The handler's future for `incoming`, panics caught; making it runs user
+/// code too, so a panic there fails the message just the same.
+fn make(handler: &HandlerFn, incoming: Incoming, responder: Responder) -> Result<Running, Panic> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(incoming, responder)))
+        .map(|fut| AssertUnwindSafe(fut).catch_unwind())
+}
+
+/// Tells the connection task how a handler in a task of its own ended.
+async fn report(shared: &Shared, done: Handled, success: bool) {
+    let Handled { generation, tag, id } = done;
+    let _ = shared.commands.send(Command::Handled { generation, tag, id, success }).await;
+}
+
+/// Whether a handler's outcome counts as handled (logging why not).
+fn judge(shared: &Shared, header: &RoutingHeader, outcome: Outcome) -> bool {
+    let name = &header.name;
+    match outcome {
         Ok(Ok(())) => {
             // Before the ack: from now on a copy of this message is a replay.
-            shared.codec.processed(&header);
+            shared.codec.processed(header);
             true
         }
         Ok(Err(err)) => {
@@ -764,8 +842,7 @@ async fn run_handler(
             tracing::error!(%name, panicked = true, "handler did not finish; the message will be redelivered");
             false
         }
-    };
-    let _ = shared.commands.send(Command::Handled { generation, tag, id, success }).await;
+    }
 }
 
 fn send_frame(corr: u64, sealed: SealedPayload) -> Frame {

@@ -1,14 +1,22 @@
 //! Handlers: what a service registers per message name and version, what it
 //! is handed ([`Incoming`]) and how it answers ([`Responder`]).
 //!
-//! A handler runs in its own task; the relay acknowledges the delivery when
-//! it returns `Ok`, and asks for redelivery when it returns `Err` or
-//! panics. A handler never touches the connection directly.
+//! A handler starts on the relay's connection task: its future is polled
+//! there once, and a handler that finishes on that poll (one that computes
+//! and answers, as most do) costs no task of its own. One that waits for
+//! anything goes on in a task of its own; one whose first poll took longer
+//! than [`INLINE_POLL_LIMIT`] runs in a task of its own from its next
+//! message on, so a heavy handler holds up the connection once at most and
+//! its messages are handled side by side on the runtime's workers. The
+//! relay acknowledges the delivery when the handler returns `Ok`, and asks
+//! for redelivery when it returns `Err` or panics. A handler never touches
+//! the connection directly.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +33,36 @@ use super::shared::{Outbound, Shared};
 use crate::wire::{Kind, RoutingHeader, Subscription};
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-pub(crate) type HandlerFn = Arc<dyn Fn(Incoming, Responder) -> HandlerFuture + Send + Sync>;
+pub(crate) type HandlerFn = Arc<Handler>;
+
+/// Longest first poll that lets a handler keep starting on the connection
+/// task (see the module docs). The relay's own work per message is a few
+/// microseconds; a handler over this is a heavy one.
+pub(crate) const INLINE_POLL_LIMIT: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// A user handler in the type-erased form the table stores.
+pub(crate) struct Handler {
+    run: Box<dyn Fn(Incoming, Responder) -> HandlerFuture + Send + Sync>,
+    /// Set once a first poll took longer than [`INLINE_POLL_LIMIT`].
+    heavy: AtomicBool,
+}
+
+impl Handler {
+    /// The handler's future for one message.
+    pub(crate) fn call(&self, incoming: Incoming, responder: Responder) -> HandlerFuture {
+        (self.run)(incoming, responder)
+    }
+
+    /// Whether this handler's messages start on the connection task.
+    pub(crate) fn starts_inline(&self) -> bool {
+        !self.heavy.load(Ordering::Relaxed)
+    }
+
+    /// From now on this handler's messages start in tasks of their own.
+    pub(crate) fn mark_heavy(&self) {
+        self.heavy.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Wraps a user handler into the type-erased form the table stores.
 pub(crate) fn boxed<F, Fut, E>(f: F) -> HandlerFn
@@ -34,9 +71,12 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    Arc::new(move |incoming, responder| {
-        let fut = f(incoming, responder);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+    Arc::new(Handler {
+        run: Box::new(move |incoming, responder| {
+            let fut = f(incoming, responder);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        }),
+        heavy: AtomicBool::new(false),
     })
 }
 

@@ -742,3 +742,31 @@ async fn with_a_prefetch_of_one_an_ack_goes_out_at_once() {
     assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
     assert_eq!(start.elapsed(), Duration::ZERO, "the ack did not wait");
 }
+
+/// A handler's first poll runs on the connection task; once one ran longer
+/// than the inline limit, that handler's messages start in tasks of their
+/// own (each with its own task id), and they are still acked.
+#[tokio::test]
+async fn a_handler_that_ran_long_once_starts_in_tasks_of_its_own() {
+    let (ids_tx, mut ids) = mpsc::unbounded_channel();
+    let b = builder().handle("todos.create", [1], move |msg: Incoming, _r: Responder| {
+        let task = tokio::task::try_id();
+        if msg.json::<String>().ok().as_deref() == Some("slow") {
+            // Far beyond the limit, before the handler's first await.
+            std::thread::sleep(crate::relay::handler::INLINE_POLL_LIMIT * 20);
+        }
+        let _ = ids_tx.send(task);
+        async { Ok::<(), Error>(()) }
+    });
+    let (_relay, mut peer, _h) = connected(b).await;
+
+    peer.send(deliver(1, &command("todos.create", false), r#""slow""#)).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
+    let connection_task = ids.recv().await.unwrap();
+    for tag in 2..=3 {
+        peer.send(deliver(tag, &command("todos.create", false), r#""quick""#)).await;
+        assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![tag] }));
+        let task = ids.recv().await.unwrap();
+        assert!(task.is_some() && task != connection_task, "started in a task of its own");
+    }
+}
