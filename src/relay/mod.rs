@@ -2,7 +2,9 @@
 //!
 //! A [`Relay`] is a cheap, cloneable handle. Behind it one connection task
 //! owns the TLS connection (reconnecting with backoff and re-subscribing),
-//! handlers run in their own tasks, and every payload passes through a
+//! a handler starts on that task (one that finishes on its first poll
+//! needs no task of its own; one that waits, or once ran long, gets one;
+//! see `handler.rs`), and every payload passes through a
 //! [`PayloadCodec`] (plain JSON now, end-to-end sealing later) so the router
 //! only ever sees opaque bytes.
 //!
