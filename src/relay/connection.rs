@@ -41,7 +41,7 @@ use super::dedup::{DedupWindow, MessageId, Verdict};
 use super::error::{BoxError, Error, ErrorKind};
 use super::handler::{HandlerFn, HandlerFuture, HandlerTable, INLINE_POLL_LIMIT, Incoming, Responder};
 use super::request::Reply;
-use super::shared::{Command, OpenedDelivery, SessionInfo, SessionState, Shared, codec_error};
+use super::shared::{Command, Handling, OpenedDelivery, SessionInfo, SessionState, Shared, codec_error};
 use crate::shutdown::Shutdown;
 use crate::wire::frame::decode_header;
 use crate::wire::{
@@ -591,7 +591,7 @@ impl<C: Connector> ConnectionTask<C> {
         let sealer = opened.replies.map(|s| Arc::new(std::sync::Mutex::new(s)));
         let responder =
             Responder { shared: Arc::clone(&self.shared), command: Arc::clone(&header), next_seq: 0, sealer };
-        self.start_handler(&handler, incoming, responder, Handled { generation, tag: d.tag, id }, out);
+        self.start_handler(handler, incoming, responder, Handling { generation, tag: d.tag, id }, out);
         Ok(())
     }
 
@@ -600,25 +600,23 @@ impl<C: Connector> ConnectionTask<C> {
     /// [`Command::Handled`].
     fn start_handler(
         &mut self,
-        handler: &HandlerFn,
+        handler: HandlerFn,
         incoming: Incoming,
         responder: Responder,
-        done: Handled,
+        of: Handling,
         out: &mut Outbox<WriteHalf<C::Stream>>,
     ) {
         let header = Arc::clone(&incoming.header);
         if !handler.starts_inline() {
-            let (shared, handler) = (Arc::clone(&self.shared), Arc::clone(handler));
+            let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                match make(&handler, incoming, responder) {
-                    Ok(running) => finish_handler(shared, running, header, done).await,
-                    Err(panic) => report(&shared, done, judge(&shared, &header, Err(panic))).await,
-                }
+                let made = make(&handler, incoming, responder);
+                finish_handler(shared, made, header, of).await;
             });
             return;
         }
         let started = std::time::Instant::now();
-        let polled = make(handler, incoming, responder).map(|mut running| {
+        let polled = make(&handler, incoming, responder).map(|mut running| {
             // A noop waker is enough: a future left pending is polled again
             // at once by the task it moves into, which registers its waker.
             let poll = Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
@@ -628,28 +626,30 @@ impl<C: Connector> ConnectionTask<C> {
             handler.mark_heavy();
             tracing::debug!(name = %header.name, "a handler's first poll ran long; its messages now start in tasks of their own");
         }
-        match polled {
-            Ok((_, Poll::Ready(outcome))) => self.handled(done, judge(&self.shared, &header, outcome), out),
+        let outcome = match polled {
             Ok((running, Poll::Pending)) => {
-                tokio::spawn(finish_handler(Arc::clone(&self.shared), running, header, done));
+                tokio::spawn(finish_handler(Arc::clone(&self.shared), Ok(running), header, of));
+                return;
             }
-            Err(panic) => self.handled(done, judge(&self.shared, &header, Err(panic)), out),
-        }
+            Ok((_, Poll::Ready(outcome))) => outcome,
+            Err(panic) => Err(panic),
+        };
+        self.handled(of, judge(&self.shared, &header, outcome), out);
     }
 
     /// A handler finished with `success`: the delivery is acked, or handed
     /// back for redelivery.
-    fn handled(&mut self, done: Handled, success: bool, out: &mut Outbox<WriteHalf<C::Stream>>) {
-        self.dedup.finish(done.id, success);
-        if done.generation != self.generation {
+    fn handled(&mut self, of: Handling, success: bool, out: &mut Outbox<WriteHalf<C::Stream>>) {
+        self.dedup.finish(of.id, success);
+        if of.generation != self.generation {
             // The router redelivers what an old connection left
             // unacknowledged; the dedup window absorbs it if handled.
             return;
         }
         if success {
-            self.acks.push(done.tag);
+            self.acks.push(of.tag);
         } else {
-            out.nack(done.tag, true);
+            out.nack(of.tag, true);
         }
     }
 
@@ -742,9 +742,7 @@ impl<C: Connector> ConnectionTask<C> {
                 }
                 self.on_opened(deliver, header, id, opened, generation, out)?;
             }
-            Command::Handled { generation, tag, id, success } => {
-                self.handled(Handled { generation, tag, id }, success, out);
-            }
+            Command::Handled { of, success } => self.handled(of, success, out),
         }
         Ok(())
     }
@@ -787,13 +785,6 @@ impl<C: Connector> ConnectionTask<C> {
     }
 }
 
-/// Which delivery a handler is running for.
-struct Handled {
-    generation: u64,
-    tag: u64,
-    id: MessageId,
-}
-
 /// A handler's future with panics caught.
 type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<HandlerFuture>>;
 
@@ -803,13 +794,22 @@ type Outcome = Result<Result<(), BoxError>, Panic>;
 /// A caught panic's payload.
 type Panic = Box<dyn Any + std::marker::Send>;
 
-/// The rest of a handler that waited, in a task of its own; the outcome goes
-/// back to the connection task. A panic is caught at the handler's future,
-/// so it fails that one message, never the relay.
-async fn finish_handler(shared: Arc<Shared>, running: Running, header: Arc<RoutingHeader>, done: Handled) {
+/// The rest of a handler, in a task of its own (`made` as [`make`] gave it);
+/// the outcome goes back to the connection task. A panic is caught at the
+/// handler's future, so it fails that one message, never the relay.
+async fn finish_handler(
+    shared: Arc<Shared>,
+    made: Result<Running, Panic>,
+    header: Arc<RoutingHeader>,
+    of: Handling,
+) {
     // The handler's state is dropped with the panic; nothing shared is left half-updated.
-    let success = judge(&shared, &header, running.await);
-    report(&shared, done, success).await;
+    let outcome = match made {
+        Ok(running) => running.await,
+        Err(panic) => Err(panic),
+    };
+    let success = judge(&shared, &header, outcome);
+    let _ = shared.commands.send(Command::Handled { of, success }).await;
 }
 
 /// The handler's future for `incoming`, panics caught; making it runs user
@@ -817,12 +817,6 @@ async fn finish_handler(shared: Arc<Shared>, running: Running, header: Arc<Routi
 fn make(handler: &HandlerFn, incoming: Incoming, responder: Responder) -> Result<Running, Panic> {
     std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(incoming, responder)))
         .map(|fut| AssertUnwindSafe(fut).catch_unwind())
-}
-
-/// Tells the connection task how a handler in a task of its own ended.
-async fn report(shared: &Shared, done: Handled, success: bool) {
-    let Handled { generation, tag, id } = done;
-    let _ = shared.commands.send(Command::Handled { generation, tag, id, success }).await;
 }
 
 /// Whether a handler's outcome counts as handled (logging why not).

@@ -61,10 +61,19 @@ pub(crate) enum Command {
     Send { sealed: SealedPayload, done: oneshot::Sender<Result<u32, Error>>, quiet: bool },
     /// Send one frame (a key query) on the current connection, if any.
     Frame(Body),
-    /// A handler finished with the delivery `tag` of connection `generation`.
-    Handled { generation: u64, tag: u64, id: MessageId, success: bool },
+    /// A handler in a task of its own finished with a delivery.
+    Handled { of: Handling, success: bool },
     /// A large delivery was opened off the connection task.
     Opened(Box<OpenedDelivery>),
+}
+
+/// The delivery a handler runs for: `tag` of connection `generation`,
+/// message `id`.
+#[derive(Debug)]
+pub(crate) struct Handling {
+    pub(crate) generation: u64,
+    pub(crate) tag: u64,
+    pub(crate) id: MessageId,
 }
 
 /// A delivery of connection `generation` and what opening it gave.
