@@ -13,12 +13,13 @@
 //!
 //! The only user code it runs is a handler's first poll, timed: a handler
 //! that finishes on it is done without a task of its own, one that waits
-//! goes on in its own task, and one whose first poll took longer than
-//! [`INLINE_POLL_LIMIT`] gets a task of its own from its next message on
-//! (`handler.rs`). It never blocks on a channel a user drains: reply
-//! buffers are written with `try_send`. Large payloads are opened in tasks of their own, but only
-//! after the part of opening that needs the codec's state was done here, in
-//! delivery order; the result comes back here before the dedup window.
+//! goes on in its own task, and one whose first polls keep taking longer
+//! than [`INLINE_POLL_LIMIT`](super::handler::INLINE_POLL_LIMIT) starts in
+//! tasks of its own (`handler.rs`). It never blocks on a channel a user
+//! drains: reply buffers are written with `try_send`. Large payloads are
+//! opened in tasks of their own, but only after the part of opening that
+//! needs the codec's state was done here, in delivery order; the result
+//! comes back here before the dedup window.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -39,7 +40,7 @@ use super::backoff::Backoff;
 use super::codec::{Begun, CodecError, Opened, SealedPayload};
 use super::dedup::{DedupWindow, MessageId, Verdict};
 use super::error::{BoxError, Error, ErrorKind};
-use super::handler::{HandlerFn, HandlerFuture, HandlerTable, INLINE_POLL_LIMIT, Incoming, Responder};
+use super::handler::{HandlerFn, HandlerFuture, HandlerTable, Incoming, Responder};
 use super::request::Reply;
 use super::shared::{Command, Handling, OpenedDelivery, SessionInfo, SessionState, Shared, codec_error};
 use crate::shutdown::Shutdown;
@@ -622,9 +623,8 @@ impl<C: Connector> ConnectionTask<C> {
             let poll = Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
             (running, poll)
         });
-        if started.elapsed() > INLINE_POLL_LIMIT {
-            handler.mark_heavy();
-            tracing::debug!(name = %header.name, "a handler's first poll ran long; its messages now start in tasks of their own");
+        if handler.first_poll_took(started.elapsed()) {
+            tracing::debug!(name = %header.name, "a handler's first polls ran long; its messages now start in tasks of their own");
         }
         let outcome = match polled {
             Ok((running, Poll::Pending)) => {

@@ -5,9 +5,15 @@
 //! there once, and a handler that finishes on that poll (one that computes
 //! and answers, as most do) costs no task of its own. One that waits for
 //! anything goes on in a task of its own; one whose first poll took longer
-//! than [`INLINE_POLL_LIMIT`] runs in a task of its own from its next
-//! message on, so a heavy handler holds up the connection once at most and
-//! its messages are handled side by side on the runtime's workers. The
+//! than [`INLINE_POLL_LIMIT`] [`SLOW_POLLS_TO_HEAVY`] times in a row is
+//! heavy: its messages start in tasks of their own, side by side on the
+//! runtime's workers. One long poll is not enough, since on a shared
+//! machine the thread may simply have been preempted mid-poll, and every
+//! [`HEAVY_RETRY_EVERY`]th message of a heavy handler starts on the
+//! connection task again, so a handler that was slow for a while (a cold
+//! cache, a busy machine) goes back to starting inline once it is quick.
+//! A heavy handler thus holds up the connection a few times at its start
+//! and once per [`HEAVY_RETRY_EVERY`] messages after. The
 //! relay acknowledges the delivery when the handler returns `Ok`, and asks
 //! for redelivery when it returns `Err` or panics. A handler never touches
 //! the connection directly.
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,11 +46,23 @@ pub(crate) type HandlerFn = Arc<Handler>;
 /// microseconds; a handler over this is a heavy one.
 pub(crate) const INLINE_POLL_LIMIT: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// First polls over [`INLINE_POLL_LIMIT`] in a row that make a handler
+/// heavy. One could be the thread preempted mid-poll; three in a row,
+/// microseconds apart, are the handler.
+pub(crate) const SLOW_POLLS_TO_HEAVY: u32 = 3;
+
+/// A heavy handler's every this-many-th message starts on the connection
+/// task again, to see whether the handler is still heavy.
+pub(crate) const HEAVY_RETRY_EVERY: u32 = 1024;
+
 /// A user handler in the type-erased form the table stores.
 pub(crate) struct Handler {
     run: Box<dyn Fn(Incoming, Responder) -> HandlerFuture + Send + Sync>,
-    /// Set once a first poll took longer than [`INLINE_POLL_LIMIT`].
-    heavy: AtomicBool,
+    /// First polls over the limit in a row (saturating); heavy at
+    /// [`SLOW_POLLS_TO_HEAVY`].
+    slow_polls: AtomicU32,
+    /// Messages started while heavy, for the retry.
+    heavy_starts: AtomicU32,
 }
 
 impl Handler {
@@ -53,14 +71,31 @@ impl Handler {
         (self.run)(incoming, responder)
     }
 
-    /// Whether this handler's messages start on the connection task.
+    /// Whether this message starts on the connection task: always while
+    /// the handler is not heavy, every [`HEAVY_RETRY_EVERY`]th message
+    /// while it is.
     pub(crate) fn starts_inline(&self) -> bool {
-        !self.heavy.load(Ordering::Relaxed)
+        if self.slow_polls.load(Ordering::Relaxed) < SLOW_POLLS_TO_HEAVY {
+            return true;
+        }
+        let started = self.heavy_starts.fetch_add(1, Ordering::Relaxed);
+        started % HEAVY_RETRY_EVERY == HEAVY_RETRY_EVERY - 1
     }
 
-    /// From now on this handler's messages start in tasks of their own.
-    pub(crate) fn mark_heavy(&self) {
-        self.heavy.store(true, Ordering::Relaxed);
+    /// Records how long a first poll on the connection task took; true
+    /// when this poll made the handler heavy.
+    pub(crate) fn first_poll_took(&self, took: Duration) -> bool {
+        let slow = self.slow_polls.load(Ordering::Relaxed);
+        if took <= INLINE_POLL_LIMIT {
+            if slow != 0 {
+                self.slow_polls.store(0, Ordering::Relaxed);
+            }
+            return false;
+        }
+        // One connection task polls a handler's first polls, so a plain
+        // load and store do; a lost update would only delay the mark.
+        self.slow_polls.store(slow.saturating_add(1), Ordering::Relaxed);
+        slow + 1 == SLOW_POLLS_TO_HEAVY
     }
 }
 
@@ -76,7 +111,8 @@ where
             let fut = f(incoming, responder);
             Box::pin(async move { fut.await.map_err(Into::into) })
         }),
-        heavy: AtomicBool::new(false),
+        slow_polls: AtomicU32::new(0),
+        heavy_starts: AtomicU32::new(0),
     })
 }
 

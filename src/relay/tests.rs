@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::connection::Connector;
+use super::handler::{HEAVY_RETRY_EVERY, INLINE_POLL_LIMIT, SLOW_POLLS_TO_HEAVY};
 use super::*;
 use crate::tls::IdentityDir;
 use crate::wire::frame::{decode_header, encode_header};
@@ -743,30 +744,94 @@ async fn with_a_prefetch_of_one_an_ack_goes_out_at_once() {
     assert_eq!(start.elapsed(), Duration::ZERO, "the ack did not wait");
 }
 
-/// A handler's first poll runs on the connection task; once one ran longer
-/// than the inline limit, that handler's messages start in tasks of their
-/// own (each with its own task id), and they are still acked.
-#[tokio::test]
-async fn a_handler_that_ran_long_once_starts_in_tasks_of_its_own() {
-    let (ids_tx, mut ids) = mpsc::unbounded_channel();
-    let b = builder().handle("todos.create", [1], move |msg: Incoming, _r: Responder| {
+/// Registers a `todos.create` handler that reports the task it ran in and
+/// whose first poll runs far over the inline limit on the payload "slow".
+fn reporting_tasks(b: RelayBuilder) -> (RelayBuilder, mpsc::UnboundedReceiver<Option<tokio::task::Id>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let b = b.handle("todos.create", [1], move |msg: Incoming, _r: Responder| {
         let task = tokio::task::try_id();
         if msg.json::<String>().ok().as_deref() == Some("slow") {
-            // Far beyond the limit, before the handler's first await.
-            std::thread::sleep(crate::relay::handler::INLINE_POLL_LIMIT * 20);
+            // Before the handler's first await, so inside its first poll.
+            std::thread::sleep(INLINE_POLL_LIMIT * 20);
         }
-        let _ = ids_tx.send(task);
+        let _ = tx.send(task);
         async { Ok::<(), Error>(()) }
     });
-    let (_relay, mut peer, _h) = connected(b).await;
+    (b, rx)
+}
 
-    peer.send(deliver(1, &command("todos.create", false), r#""slow""#)).await;
-    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![1] }));
-    let connection_task = ids.recv().await.unwrap();
-    for tag in 2..=3 {
-        peer.send(deliver(tag, &command("todos.create", false), r#""quick""#)).await;
-        assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![tag] }));
-        let task = ids.recv().await.unwrap();
-        assert!(task.is_some() && task != connection_task, "started in a task of its own");
+/// Delivers `payload` to `todos.create`, waits for its ack and returns the
+/// task the handler ran in.
+async fn handled_in(
+    peer: &mut Peer,
+    tasks: &mut mpsc::UnboundedReceiver<Option<tokio::task::Id>>,
+    tag: u64,
+    payload: &str,
+) -> Option<tokio::task::Id> {
+    peer.send(deliver(tag, &command("todos.create", false), &format!("{payload:?}"))).await;
+    assert_eq!(peer.expect().await, Body::Ack(crate::wire::Ack { tags: vec![tag] }), "message {tag} acked");
+    tasks.recv().await.expect("the handler ran")
+}
+
+/// A handler's first poll runs on the connection task. A poll over the
+/// inline limit now and then (what a preempted thread looks like) changes
+/// nothing; [`SLOW_POLLS_TO_HEAVY`] in a row make the handler heavy, and its
+/// messages then start in tasks of their own, each its own, still acked.
+#[tokio::test]
+async fn a_handler_slow_several_times_in_a_row_starts_in_tasks_of_its_own() {
+    let (b, mut tasks) = reporting_tasks(builder().prefetch(1));
+    let (_relay, mut peer, _h) = connected(b).await;
+    let connection_task = handled_in(&mut peer, &mut tasks, 1, "quick").await;
+    let mut tag = 1;
+    // Runs of slow polls one short of heavy, each broken by a quick one.
+    for _ in 0..3 {
+        for payload in std::iter::repeat_n("slow", SLOW_POLLS_TO_HEAVY as usize - 1).chain(["quick"]) {
+            tag += 1;
+            let task = handled_in(&mut peer, &mut tasks, tag, payload).await;
+            assert_eq!(task, connection_task, "message {tag} ({payload}) started on the connection task");
+        }
+    }
+    for _ in 0..SLOW_POLLS_TO_HEAVY {
+        tag += 1;
+        assert_eq!(handled_in(&mut peer, &mut tasks, tag, "slow").await, connection_task);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        tag += 1;
+        let task = handled_in(&mut peer, &mut tasks, tag, "quick").await;
+        assert!(task.is_some() && task != connection_task, "message {tag} started in a task of its own");
+        assert!(!seen.contains(&task), "each in a task of its own");
+        seen.push(task);
+    }
+}
+
+/// A heavy handler is tried on the connection task every
+/// [`HEAVY_RETRY_EVERY`]th message; one that has become quick stays there.
+#[tokio::test]
+async fn a_heavy_handler_that_became_quick_starts_on_the_connection_task_again() {
+    let (b, mut tasks) = reporting_tasks(builder().prefetch(1));
+    let (_relay, mut peer, _h) = connected(b).await;
+    let mut tag = 0;
+    let mut connection_task = None;
+    for _ in 0..SLOW_POLLS_TO_HEAVY {
+        tag += 1;
+        connection_task = handled_in(&mut peer, &mut tasks, tag, "slow").await;
+    }
+    let mut in_own_tasks = 0;
+    loop {
+        tag += 1;
+        if handled_in(&mut peer, &mut tasks, tag, "quick").await == connection_task {
+            break;
+        }
+        in_own_tasks += 1;
+        assert!(
+            in_own_tasks < HEAVY_RETRY_EVERY,
+            "tried on the connection task within {HEAVY_RETRY_EVERY} messages"
+        );
+    }
+    assert_eq!(in_own_tasks, HEAVY_RETRY_EVERY - 1, "the retry came on the {HEAVY_RETRY_EVERY}th message");
+    for _ in 0..3 {
+        tag += 1;
+        assert_eq!(handled_in(&mut peer, &mut tasks, tag, "quick").await, connection_task, "inline again");
     }
 }
