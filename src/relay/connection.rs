@@ -592,22 +592,29 @@ impl<C: Connector> ConnectionTask<C> {
         let sealer = opened.replies.map(|s| Arc::new(std::sync::Mutex::new(s)));
         let responder =
             Responder { shared: Arc::clone(&self.shared), command: Arc::clone(&header), next_seq: 0, sealer };
-        self.start_handler(handler, incoming, responder, Handling { generation, tag: d.tag, id }, out);
+        self.start_handler(
+            handler,
+            header,
+            incoming,
+            responder,
+            Handling { generation, tag: d.tag, id },
+            out,
+        );
         Ok(())
     }
 
-    /// Runs `handler` on `incoming`: its first poll here, the rest (if it
-    /// waits) in a task of its own, which reports back with
-    /// [`Command::Handled`].
+    /// Runs `handler` on `incoming` (whose header is `header`): its first
+    /// poll here, the rest (if it waits) in a task of its own, which reports
+    /// back with [`Command::Handled`].
     fn start_handler(
         &mut self,
         handler: HandlerFn,
+        header: Arc<RoutingHeader>,
         incoming: Incoming,
         responder: Responder,
         of: Handling,
         out: &mut Outbox<WriteHalf<C::Stream>>,
     ) {
-        let header = Arc::clone(&incoming.header);
         if !handler.starts_inline() {
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {

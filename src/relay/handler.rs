@@ -4,10 +4,10 @@
 //! A handler starts on the relay's connection task: its future is polled
 //! there once, and a handler that finishes on that poll (one that computes
 //! and answers, as most do) costs no task of its own. One that waits for
-//! anything goes on in a task of its own; one whose first poll took longer
-//! than [`INLINE_POLL_LIMIT`] [`SLOW_POLLS_TO_HEAVY`] times in a row is
-//! heavy: its messages start in tasks of their own, side by side on the
-//! runtime's workers. One long poll is not enough, since on a shared
+//! anything goes on in a task of its own. A handler whose first polls took
+//! longer than [`INLINE_POLL_LIMIT`] [`SLOW_POLLS_TO_HEAVY`] messages in a
+//! row is heavy: its messages start in tasks of their own, side by side on
+//! the runtime's workers. One long poll is not enough, since on a shared
 //! machine the thread may simply have been preempted mid-poll, and every
 //! [`HEAVY_RETRY_EVERY`]th message of a heavy handler starts on the
 //! connection task again, so a handler that was slow for a while (a cold
@@ -58,8 +58,8 @@ pub(crate) const HEAVY_RETRY_EVERY: u32 = 1024;
 /// A user handler in the type-erased form the table stores.
 pub(crate) struct Handler {
     run: Box<dyn Fn(Incoming, Responder) -> HandlerFuture + Send + Sync>,
-    /// First polls over the limit in a row (saturating); heavy at
-    /// [`SLOW_POLLS_TO_HEAVY`].
+    /// First polls over the limit in a row, up to [`SLOW_POLLS_TO_HEAVY`]
+    /// (heavy).
     slow_polls: AtomicU32,
     /// Messages started while heavy, for the retry.
     heavy_starts: AtomicU32,
@@ -94,7 +94,9 @@ impl Handler {
         }
         // One connection task polls a handler's first polls, so a plain
         // load and store do; a lost update would only delay the mark.
-        self.slow_polls.store(slow.saturating_add(1), Ordering::Relaxed);
+        if slow < SLOW_POLLS_TO_HEAVY {
+            self.slow_polls.store(slow + 1, Ordering::Relaxed);
+        }
         slow + 1 == SLOW_POLLS_TO_HEAVY
     }
 }

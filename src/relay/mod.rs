@@ -3,7 +3,7 @@
 //! A [`Relay`] is a cheap, cloneable handle. Behind it one connection task
 //! owns the TLS connection (reconnecting with backoff and re-subscribing),
 //! a handler starts on that task (one that finishes on its first poll
-//! needs no task of its own; one that waits, or once ran long, gets one;
+//! needs no task of its own; one that waits, or keeps running long, gets one;
 //! see `handler.rs`), and every payload passes through a
 //! [`PayloadCodec`] (plain JSON now, end-to-end sealing later) so the router
 //! only ever sees opaque bytes.
