@@ -399,6 +399,52 @@ mod tests {
         boxed(|_i: Incoming, _r: Responder| async { Ok::<(), Error>(()) })
     }
 
+    const SLOW: Duration = Duration::from_millis(1);
+
+    /// Makes `h` heavy with slow first polls in a row.
+    fn make_heavy(h: &Handler) {
+        for i in 1..=SLOW_POLLS_TO_HEAVY {
+            assert!(h.starts_inline());
+            assert_eq!(h.first_poll_took(SLOW), i == SLOW_POLLS_TO_HEAVY, "heavy at the last one");
+        }
+    }
+
+    #[test]
+    fn slow_first_polls_make_a_handler_heavy_only_in_a_row() {
+        let h = noop();
+        for _ in 0..3 {
+            for _ in 1..SLOW_POLLS_TO_HEAVY {
+                assert!(h.starts_inline());
+                assert!(!h.first_poll_took(SLOW));
+            }
+            assert!(h.starts_inline());
+            assert!(!h.first_poll_took(Duration::ZERO), "a quick poll resets the count");
+        }
+        make_heavy(&h);
+        assert!(!h.starts_inline());
+    }
+
+    #[test]
+    fn a_heavy_handler_is_tried_inline_every_so_often_and_stays_inline_once_quick() {
+        let h = noop();
+        make_heavy(&h);
+        for _ in 0..2 {
+            for _ in 1..HEAVY_RETRY_EVERY {
+                assert!(!h.starts_inline());
+            }
+            assert!(h.starts_inline(), "the retry on the {HEAVY_RETRY_EVERY}th message");
+            assert!(!h.first_poll_took(SLOW), "still slow: still heavy, no new mark");
+        }
+        for _ in 1..HEAVY_RETRY_EVERY {
+            assert!(!h.starts_inline());
+        }
+        assert!(h.starts_inline());
+        assert!(!h.first_poll_took(Duration::ZERO));
+        for _ in 0..10 {
+            assert!(h.starts_inline(), "inline again");
+        }
+    }
+
     #[test]
     fn subscriptions_merge_versions_per_name() {
         let mut t = HandlerTable::default();

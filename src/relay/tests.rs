@@ -773,27 +773,27 @@ async fn handled_in(
     tasks.recv().await.expect("the handler ran")
 }
 
-/// A handler's first poll runs on the connection task. A poll over the
-/// inline limit now and then (what a preempted thread looks like) changes
-/// nothing; [`SLOW_POLLS_TO_HEAVY`] in a row make the handler heavy, and its
-/// messages then start in tasks of their own, each its own, still acked.
+/// A handler's first poll runs on the connection task, and slow first
+/// polls in a row make it heavy: its messages then start in tasks of their
+/// own, each its own, still acked. (The exact counting is tested in
+/// `handler.rs` with given durations; here a "quick" poll can be measured
+/// slow when the test machine preempts the thread, so only what holds
+/// either way is asserted.)
 #[tokio::test]
 async fn a_handler_slow_several_times_in_a_row_starts_in_tasks_of_its_own() {
     let (b, mut tasks) = reporting_tasks(builder().prefetch(1));
     let (_relay, mut peer, _h) = connected(b).await;
     let connection_task = handled_in(&mut peer, &mut tasks, 1, "quick").await;
     let mut tag = 1;
-    // Runs of slow polls one short of heavy, each broken by a quick one.
-    for _ in 0..3 {
-        for payload in std::iter::repeat_n("slow", SLOW_POLLS_TO_HEAVY as usize - 1).chain(["quick"]) {
-            tag += 1;
-            let task = handled_in(&mut peer, &mut tasks, tag, payload).await;
-            assert_eq!(task, connection_task, "message {tag} ({payload}) started on the connection task");
-        }
+    // A run of slow polls one short of heavy and a quick one: all inline.
+    for payload in std::iter::repeat_n("slow", SLOW_POLLS_TO_HEAVY as usize - 1).chain(["quick"]) {
+        tag += 1;
+        let task = handled_in(&mut peer, &mut tasks, tag, payload).await;
+        assert_eq!(task, connection_task, "message {tag} ({payload}) started on the connection task");
     }
     for _ in 0..SLOW_POLLS_TO_HEAVY {
         tag += 1;
-        assert_eq!(handled_in(&mut peer, &mut tasks, tag, "slow").await, connection_task);
+        handled_in(&mut peer, &mut tasks, tag, "slow").await;
     }
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -805,33 +805,32 @@ async fn a_handler_slow_several_times_in_a_row_starts_in_tasks_of_its_own() {
     }
 }
 
-/// A heavy handler is tried on the connection task every
-/// [`HEAVY_RETRY_EVERY`]th message; one that has become quick stays there.
+/// A heavy handler that has become quick starts on the connection task
+/// again (within a few retries: a retry measured slow on a busy test
+/// machine waits for the next).
 #[tokio::test]
 async fn a_heavy_handler_that_became_quick_starts_on_the_connection_task_again() {
     let (b, mut tasks) = reporting_tasks(builder().prefetch(1));
     let (_relay, mut peer, _h) = connected(b).await;
-    let mut tag = 0;
-    let mut connection_task = None;
+    let mut tag = 1;
+    let connection_task = handled_in(&mut peer, &mut tasks, tag, "quick").await;
     for _ in 0..SLOW_POLLS_TO_HEAVY {
         tag += 1;
-        connection_task = handled_in(&mut peer, &mut tasks, tag, "slow").await;
+        handled_in(&mut peer, &mut tasks, tag, "slow").await;
     }
-    let mut in_own_tasks = 0;
-    loop {
+    tag += 1;
+    assert_ne!(handled_in(&mut peer, &mut tasks, tag, "quick").await, connection_task, "heavy");
+    let mut inline_in_a_row = 0;
+    let mut sent = 0;
+    while inline_in_a_row < 3 {
         tag += 1;
+        sent += 1;
+        assert!(sent <= 4 * HEAVY_RETRY_EVERY, "back on the connection task within four retries");
         if handled_in(&mut peer, &mut tasks, tag, "quick").await == connection_task {
-            break;
+            inline_in_a_row += 1;
+        } else {
+            inline_in_a_row = 0;
         }
-        in_own_tasks += 1;
-        assert!(
-            in_own_tasks < HEAVY_RETRY_EVERY,
-            "tried on the connection task within {HEAVY_RETRY_EVERY} messages"
-        );
     }
-    assert_eq!(in_own_tasks, HEAVY_RETRY_EVERY - 1, "the retry came on the {HEAVY_RETRY_EVERY}th message");
-    for _ in 0..3 {
-        tag += 1;
-        assert_eq!(handled_in(&mut peer, &mut tasks, tag, "quick").await, connection_task, "inline again");
-    }
+    assert!(sent >= HEAVY_RETRY_EVERY, "not before the first retry");
 }
