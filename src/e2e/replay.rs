@@ -11,13 +11,22 @@ use super::idhash::IdHash;
 /// processed one can still be told apart; older ones are refused.
 pub const WINDOW_BITS: u64 = 4096;
 const WORDS: usize = (WINDOW_BITS / 64) as usize;
+const WORDS_BITS: usize = WORDS * 64;
 
 /// Highest processed sequence number plus a bitmap of the ones below it.
+///
+/// The bitmap is a ring (RFC 6479): sequence number `s` lives at bit
+/// `s % WINDOW_BITS`, so moving the window forward clears the bits of the
+/// numbers it takes in and shifts nothing; the usual step of one costs one
+/// bit, not a pass over all 64 words.
 #[derive(Clone, Debug)]
 pub(crate) struct ReplayWindow {
     /// One more than the highest processed seq (0: nothing processed yet).
-    top: u64,
-    /// Bit `i` (from the least significant of word 0) = `top - 1 - i` processed.
+    /// Wider than a seq, so that `u64::MAX` processed is told apart from
+    /// nothing above it.
+    top: u128,
+    /// Bit `s % WINDOW_BITS` = `s` processed, for `s` in `[top - WINDOW_BITS, top)`;
+    /// bits of numbers at or above `top` are clear.
     bits: [u64; WORDS],
 }
 
@@ -38,51 +47,57 @@ impl ReplayWindow {
     }
 
     pub(crate) fn check(&self, seq: u64) -> Seen {
+        let seq = u128::from(seq);
         if seq >= self.top {
             return Seen::New;
         }
-        let back = self.top - 1 - seq;
-        if back >= WINDOW_BITS {
+        if self.top - seq > u128::from(WINDOW_BITS) {
             return Seen::TooOld;
         }
-        if self.bit(back) { Seen::Processed } else { Seen::New }
+        if self.bit(seq) { Seen::Processed } else { Seen::New }
     }
 
     pub(crate) fn mark(&mut self, seq: u64) {
+        let seq = u128::from(seq);
         if seq >= self.top {
-            let shift = seq - self.top + 1;
-            self.shift(shift);
-            self.top = seq.saturating_add(1);
-            self.set(0);
-        } else {
-            let back = self.top - 1 - seq;
-            if back < WINDOW_BITS {
-                self.set(back);
-            }
-        }
-    }
-
-    fn bit(&self, back: u64) -> bool {
-        self.bits[(back / 64) as usize] >> (back % 64) & 1 == 1
-    }
-
-    fn set(&mut self, back: u64) {
-        self.bits[(back / 64) as usize] |= 1 << (back % 64);
-    }
-
-    /// Moves every bit `n` places further back (older).
-    fn shift(&mut self, n: u64) {
-        if n >= WINDOW_BITS {
-            self.bits = [0; WORDS];
+            self.advance(seq + 1);
+        } else if self.top - seq > u128::from(WINDOW_BITS) {
             return;
         }
-        let words = (n / 64) as usize;
-        let bits = (n % 64) as u32;
-        for i in (0..WORDS).rev() {
-            let hi = if i >= words { self.bits[i - words] } else { 0 };
-            let lo = if bits > 0 && i > words { self.bits[i - words - 1] >> (64 - bits) } else { 0 };
-            self.bits[i] = if bits > 0 { (hi << bits) | lo } else { hi };
+        let at = Self::position(seq);
+        self.bits[at / 64] |= 1 << (at % 64);
+    }
+
+    fn bit(&self, seq: u128) -> bool {
+        let at = Self::position(seq);
+        self.bits[at / 64] >> (at % 64) & 1 == 1
+    }
+
+    fn position(seq: u128) -> usize {
+        // Below WINDOW_BITS: the cast cannot truncate.
+        (seq % u128::from(WINDOW_BITS)) as usize
+    }
+
+    /// Moves `top` up to `new_top`, clearing the bits of the numbers
+    /// `[top, new_top)` now inside the window (all of them at most once).
+    fn advance(&mut self, new_top: u128) {
+        let step = new_top - self.top;
+        if step >= u128::from(WINDOW_BITS) {
+            self.bits = [0; WORDS];
+        } else {
+            // Below WINDOW_BITS: the cast cannot truncate.
+            let mut left = step as usize;
+            let mut at = Self::position(self.top);
+            while left > 0 {
+                let bit = at % 64;
+                let n = left.min(64 - bit);
+                let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+                self.bits[at / 64] &= !mask;
+                at = (at + n) % WORDS_BITS;
+                left -= n;
+            }
         }
+        self.top = new_top;
     }
 }
 
@@ -164,6 +179,44 @@ mod tests {
                 model.insert(seq);
             }
         }
+    }
+
+    #[test]
+    fn window_matches_a_set_model_across_jumps_of_every_size() {
+        // Jumps of one, of a few words, of nearly and more than the whole
+        // window, from every position in the ring.
+        for spread in [3u64, 130, 4_000, 4_200, 9_000] {
+            let mut w = ReplayWindow::new();
+            let mut model = std::collections::BTreeSet::new();
+            let mut x: u64 = spread;
+            for _ in 0..5_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let top = model.iter().next_back().map_or(0, |t| t + 1);
+                let seq = (top + (x >> 33) % spread).saturating_sub(spread / 2);
+                let seen = w.check(seq);
+                match seen {
+                    Seen::New => assert!(!model.contains(&seq), "{spread}: {seq} processed"),
+                    Seen::Processed => assert!(model.contains(&seq), "{spread}: {seq} not processed"),
+                    Seen::TooOld => {
+                        assert!(seq + WINDOW_BITS < top, "{spread}: {seq} in the window below {top}")
+                    }
+                }
+                if seen == Seen::New && !(x >> 20).is_multiple_of(3) {
+                    w.mark(seq);
+                    model.insert(seq);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_tells_the_highest_seq_apart_from_nothing_above_it() {
+        let mut w = ReplayWindow::new();
+        w.mark(u64::MAX);
+        assert_eq!(w.check(u64::MAX), Seen::Processed);
+        assert_eq!(w.check(u64::MAX - 1), Seen::New);
+        assert_eq!(w.check(u64::MAX - WINDOW_BITS), Seen::TooOld);
+        assert_eq!(w.check(0), Seen::TooOld);
     }
 
     #[test]

@@ -151,7 +151,9 @@ pub trait ReplyOpening: fmt::Debug + Send + Sync + 'static {
 pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
     /// Seals a command or event: sets the header fields the codec owns,
     /// encodes the header once and seals the payload under those bytes.
-    fn seal(&self, header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError>;
+    /// `now_ms` is the send's time (Unix ms), read once per send by the
+    /// relay for the message id, the header and this.
+    fn seal(&self, header: RoutingHeader, payload: Bytes, now_ms: u64) -> Result<Sealed, CodecError>;
 
     /// Seals a reply when the command came without a [`ReplySealing`].
     fn seal_reply(&self, header: RoutingHeader, payload: Bytes) -> Result<SealedPayload, CodecError> {
@@ -213,11 +215,11 @@ pub trait PayloadCodec: fmt::Debug + Send + Sync + 'static {
         let _ = directory;
     }
 
-    /// Before sealing: a key query to send first, when a service that may
-    /// receive `header.name` has no verified key and the keys were not asked
-    /// for recently.
-    fn missing_keys(&self, header: &RoutingHeader) -> Option<KeyQuery> {
-        let _ = header;
+    /// Before sealing at `now_ms` (Unix ms): a key query to send first,
+    /// when a service that may receive `header.name` has no verified key
+    /// and the keys were not asked for recently.
+    fn missing_keys(&self, header: &RoutingHeader, now_ms: u64) -> Option<KeyQuery> {
+        let _ = (header, now_ms);
         None
     }
 
@@ -241,14 +243,14 @@ pub struct Plain;
 pub const SEAL_PLAIN: u32 = 0;
 
 impl PayloadCodec for Plain {
-    fn seal(&self, mut header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError> {
+    fn seal(&self, mut header: RoutingHeader, payload: Bytes, _now_ms: u64) -> Result<Sealed, CodecError> {
         header.seal = SEAL_PLAIN;
         let header = encode_header(&header);
         Ok(Sealed { message: SealedPayload { header, payload, ..Default::default() }, replies: None })
     }
 
     fn seal_reply(&self, header: RoutingHeader, payload: Bytes) -> Result<SealedPayload, CodecError> {
-        Ok(self.seal(header, payload)?.message)
+        Ok(self.seal(header, payload, 0)?.message)
     }
 
     fn open(&self, deliver: &Deliver, header: &RoutingHeader) -> Result<Opened, CodecError> {
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn plain_passes_bytes_through_and_refuses_sealed_payloads() {
         let header = RoutingHeader { seal: 7, name: "a.b".into(), ..Default::default() };
-        let sealed = Plain.seal(header, Bytes::from_static(b"{}")).unwrap();
+        let sealed = Plain.seal(header, Bytes::from_static(b"{}"), 0).unwrap();
         assert_eq!(sealed.message.payload, Bytes::from_static(b"{}"));
         assert!(sealed.message.tags.is_empty() && sealed.message.grants.is_empty());
         assert!(sealed.replies.is_none());

@@ -676,10 +676,9 @@ impl<C: Connector> ConnectionTask<C> {
         };
         let item = match opened {
             Ok(payload) => {
-                if self.dedup.begin(id) == Verdict::Duplicate {
+                if self.dedup.consume(id) == Verdict::Duplicate {
                     return;
                 }
-                self.dedup.finish(id, true);
                 Ok(Reply {
                     name: header.name,
                     version: header.version.max(1),

@@ -66,9 +66,25 @@ impl DedupWindow {
         }
     }
 
-    /// Marks an id handled at once (replies: consumed on receipt).
-    pub(crate) fn remember(&mut self, id: MessageId) {
+    /// Checks a reply, which is consumed on receipt: a new id is remembered
+    /// as handled at once (what [`begin`](Self::begin) then
+    /// [`finish`](Self::finish) with success do, on one clock read).
+    pub(crate) fn consume(&mut self, id: MessageId) -> Verdict {
         let now = Instant::now();
+        self.expire(now);
+        if self.handled.contains_key(&id) || self.in_progress.contains(&id) {
+            return Verdict::Duplicate;
+        }
+        self.remember_at(id, now);
+        Verdict::New
+    }
+
+    /// Marks an id handled at once.
+    pub(crate) fn remember(&mut self, id: MessageId) {
+        self.remember_at(id, Instant::now());
+    }
+
+    fn remember_at(&mut self, id: MessageId, now: Instant) {
         if self.handled.insert(id, now).is_none() {
             self.order.push_back((id, now));
         }
@@ -121,6 +137,17 @@ mod tests {
         w.finish(id(2), false);
         assert_eq!(w.begin(id(2)), Verdict::New, "a failed handler must run again on redelivery");
         assert_eq!(w.in_progress(), 1);
+    }
+
+    #[test]
+    fn a_consumed_reply_is_a_duplicate_at_once() {
+        let mut w = DedupWindow::new(10, Duration::from_secs(60));
+        assert_eq!(w.consume(id(1)), Verdict::New);
+        assert_eq!(w.consume(id(1)), Verdict::Duplicate);
+        assert_eq!(w.begin(id(1)), Verdict::Duplicate, "remembered as handled");
+        assert_eq!(w.begin(id(2)), Verdict::New);
+        assert_eq!(w.consume(id(2)), Verdict::Duplicate, "in progress");
+        assert_eq!(w.in_progress(), 1, "consuming leaves nothing in progress");
     }
 
     #[test]

@@ -256,8 +256,7 @@ impl E2e {
 }
 
 impl PayloadCodec for E2e {
-    fn seal(&self, header: RoutingHeader, payload: Bytes) -> Result<Sealed, CodecError> {
-        let now = now_ms();
+    fn seal(&self, header: RoutingHeader, payload: Bytes, now: u64) -> Result<Sealed, CodecError> {
         let plan = self.plan(&header, now);
         if plan.wanted.is_empty() {
             return Err(CodecError::NoReceivers(format!(
@@ -385,8 +384,7 @@ impl PayloadCodec for E2e {
         self.updates.send_modify(|n| *n += 1);
     }
 
-    fn missing_keys(&self, header: &RoutingHeader) -> Option<KeyQuery> {
-        let now = now_ms();
+    fn missing_keys(&self, header: &RoutingHeader, now: u64) -> Option<KeyQuery> {
         let plan = self.plan(header, now);
         if plan.complete {
             return None;

@@ -254,11 +254,13 @@ impl Shared {
             Some(info) => info.map_err(Step::Failed)?,
             None => return Err(Step::wait(Wait::Start(msg))),
         };
-        let id = fast_v7();
-        let (header, None) = self.header(&msg.out, &info, id) else {
+        // One clock read for the id, the header's expiry and the codec.
+        let now = now_ms();
+        let id = fast_v7(now);
+        let (header, None) = self.header(&msg.out, &info, id, now) else {
             return Err(Step::wait(Wait::Start(msg)));
         };
-        let ready = self.seal(msg, header, info.max_frame, id).map_err(Step::Failed)?;
+        let ready = self.seal(msg, header, info.max_frame, id, now).map_err(Step::Failed)?;
         match self.commands.try_send(ready.command) {
             Ok(()) => Ok(ready.queued),
             // Full, or closed: the waiting path sends, or fails and undoes.
@@ -274,12 +276,14 @@ impl Shared {
         let Ready { command, name, queued, registered } = match wait {
             Wait::Start(msg) => {
                 let info = self.wait_session(msg.deadline).await?;
-                let id = fast_v7();
-                let header = match self.header(&msg.out, &info, id) {
-                    (header, None) => header,
-                    (header, Some(query)) => self.await_keys(query, header, msg.deadline).await,
+                let now = now_ms();
+                let id = fast_v7(now);
+                let (header, now) = match self.header(&msg.out, &info, id, now) {
+                    (header, None) => (header, now),
+                    // Time passed while the keys were awaited.
+                    (header, Some(query)) => (self.await_keys(query, header, msg.deadline).await, now_ms()),
                 };
-                self.seal(msg, header, info.max_frame, id)?
+                self.seal(msg, header, info.max_frame, id, now)?
             }
             Wait::Room(ready) => ready,
         };
@@ -294,9 +298,16 @@ impl Shared {
         Err(sent)
     }
 
-    /// The routing header of `out`, and, when the codec lacks a verified key
-    /// for a service that may receive it, the query for that key.
-    fn header(&self, out: &Outbound<'_>, info: &SessionInfo, id: Uuid) -> (RoutingHeader, Option<KeyQuery>) {
+    /// The routing header of `out` sent at `now_ms` (Unix ms), and, when the
+    /// codec lacks a verified key for a service that may receive it, the
+    /// query for that key.
+    fn header(
+        &self,
+        out: &Outbound<'_>,
+        info: &SessionInfo,
+        id: Uuid,
+        now_ms: u64,
+    ) -> (RoutingHeader, Option<KeyQuery>) {
         let params = HeaderParams {
             kind: out.kind,
             name: out.name,
@@ -307,20 +318,21 @@ impl Shared {
             stream_final: out.stream_final,
         };
         let sender = SenderInfo { identity: &info.identity, instance: &self.instance };
-        let header = header::build(&params, &sender, id, now_ms());
+        let header = header::build(&params, &sender, id, now_ms);
         // Replies are sealed under the request's reply key, not receive keys.
-        let missing = if out.kind == Kind::Reply { None } else { self.codec.missing_keys(&header) };
+        let missing = if out.kind == Kind::Reply { None } else { self.codec.missing_keys(&header, now_ms) };
         (header, missing)
     }
 
-    /// Seals `msg` under `header` into the command for the connection task,
-    /// registering where its replies go (for a request).
+    /// Seals `msg` under `header` at `now_ms` (Unix ms) into the command for
+    /// the connection task, registering where its replies go (for a request).
     fn seal<'a>(
         &self,
         msg: Unsealed<'a>,
         header: RoutingHeader,
         max_frame: usize,
         id: Uuid,
+        now_ms: u64,
     ) -> Result<Ready<'a>, Error> {
         let Unsealed { out, quiet, deadline, timeout } = msg;
         let (name, registered) = (out.name, out.replies.is_some());
@@ -331,7 +343,7 @@ impl Shared {
             };
             (sealed.map_err(codec_error)?, None)
         } else {
-            let sealed = self.codec.seal(header, out.payload).map_err(codec_error)?;
+            let sealed = self.codec.seal(header, out.payload, now_ms).map_err(codec_error)?;
             (sealed.message, sealed.replies)
         };
         check_size(&sealed, max_frame)?;
@@ -366,7 +378,7 @@ impl Shared {
             }
             // The receiver may be announcing right now: ask again shortly.
             tokio::time::sleep(KEY_RETRY).await;
-            match self.codec.missing_keys(&header) {
+            match self.codec.missing_keys(&header, now_ms()) {
                 Some(next) => query = next,
                 None => return header,
             }
@@ -487,12 +499,11 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A UUIDv7 (millisecond time, then 74 random bits) from the thread-local
-/// CSPRNG. `Uuid::now_v7` asks the kernel for fresh random bytes on every
+/// A UUIDv7 (`millis`, the Unix time in ms, then 74 random bits) from the
+/// thread-local CSPRNG. `Uuid::now_v7` asks the kernel for fresh random bytes on every
 /// call (a `getrandom` syscall per message); ids only need to be unique and
 /// unguessable, which the seeded thread RNG gives without a syscall.
-pub(crate) fn fast_v7() -> Uuid {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+pub(crate) fn fast_v7(millis: u64) -> Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid()
 }
 
@@ -501,17 +512,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fast_ids_are_version_7_with_the_current_time_and_distinct() {
+    fn fast_ids_are_version_7_with_the_given_time_and_distinct() {
         let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-        let a = fast_v7();
-        let b = fast_v7();
+        let now = now_ms();
         let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(before <= now && now <= after, "{before} {now} {after}");
+        let a = fast_v7(now);
+        let b = fast_v7(now);
         assert_eq!(a.get_version_num(), 7);
         assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
         let (secs, nanos) = a.get_timestamp().unwrap().to_unix();
-        let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
-        assert!(before <= millis && millis <= after, "{before} {millis} {after}");
-        assert_ne!(a, b);
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, now);
+        assert_ne!(a, b, "same millisecond, different random bits");
     }
 
     #[test]
