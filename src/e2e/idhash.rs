@@ -38,7 +38,7 @@ pub(crate) struct IdHasher {
 
 impl IdHasher {
     fn mix(&mut self, word: u64) {
-        let key = self.keys[self.n % 2] | 1;
+        let key = self.keys[self.n & 1] | 1;
         let product = u128::from(self.state ^ word) * u128::from(key);
         self.state = (product as u64) ^ ((product >> 64) as u64);
         self.n += 1;
@@ -47,6 +47,14 @@ impl IdHasher {
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
+        // The one size it is for: two words, no loop.
+        if let Ok(id) = <&[u8; 16]>::try_from(bytes) {
+            let (words, _) = id.as_chunks::<8>();
+            for word in words {
+                self.mix(u64::from_le_bytes(*word));
+            }
+            return;
+        }
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
             let mut word = [0u8; 8];
@@ -59,6 +67,12 @@ impl Hasher for IdHasher {
             word[..rest.len()].copy_from_slice(rest);
             self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
         }
+    }
+
+    /// An array's length prefix (`[u8; 16]` hashes its length first): one
+    /// multiply, not the byte loop.
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -81,5 +95,19 @@ mod tests {
         }
         assert_eq!(build.hash_one([7u8; 16]), base);
         assert_ne!(IdHash::new().hash_one([7u8; 16]), base);
+    }
+
+    #[test]
+    fn other_lengths_still_hash_every_byte() {
+        let build = IdHash::new();
+        for len in [0usize, 3, 8, 15, 17, 24] {
+            let base = build.hash_one(vec![9u8; len]);
+            for i in 0..len {
+                let mut other = vec![9u8; len];
+                other[i] ^= 0x80;
+                assert_ne!(build.hash_one(&other), base, "length {len}, byte {i}");
+            }
+        }
+        assert_ne!(build.hash_one(vec![0u8; 3]), build.hash_one(vec![0u8; 4]), "length counts");
     }
 }
