@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# Counts the instructions our relays execute per unit of work (message,
-# delivery or round trip), under valgrind's callgrind. Unlike a timing,
-# the count hardly depends on what else the machine does (W2 repeats
-# within about 0.1 %), so it can tell apart two builds whose timings drown
-# in the noise.
+# Counts the instructions our router and our relays execute per unit of
+# work (message, delivery or round trip), under valgrind's callgrind.
+# Unlike a timing, the count hardly depends on what else the machine does
+# (W2 repeats within about 0.1 %), so it can tell apart two builds whose
+# timings drown in the noise.
 #
 #   scripts/instructions.sh                          # W1 and W2, target/release/exocom-bench
 #   scripts/instructions.sh /tmp/before /tmp/after   # compare two builds, side by side
 #   ONLY=w2,w4 SCALE=0.04 scripts/instructions.sh
 #
-# What it counts: the benchmark process, which runs our relays (the
-# router is a child process callgrind does not follow). Each workload runs
-# at SCALE and at twice SCALE; the difference in instructions divided by
-# the difference in units removes the start-up (certificates, handshakes,
-# key announcements). Units are counted as the benchmark does (W1: round
-# trips, warm-up included; W4: both rows together).
+# What it counts: the router (the benchmark's child process, which exits
+# when the benchmark is done with it) and the benchmark process, which
+# runs our relays. Each workload runs at SCALE and at twice SCALE; the
+# difference in instructions divided by the difference in units removes
+# the start-up (certificates, handshakes, key announcements). Units are
+# counted as the benchmark does (W1: round trips, warm-up included; W4:
+# both rows together).
 #
-# Caveats: valgrind does not run SHA extensions, so ring takes its AVX
-# SHA-256 path, which costs several times the instructions of the SHA-NI
-# path a modern CPU uses: the totals overstate the sealing's share.
-# The other workloads vary more from run to run, as their batching and
-# wake-ups do: W4 by ~0.3 %, W1 (one round trip at a time, so a wake-up
-# or two more or less each) by ~1 %. Needs valgrind
-# (Debian's package); about 20 s per workload and build at the defaults.
+# Caveats: valgrind runs one thread at a time, so batching differs from a
+# real run. It does not run SHA extensions, so ring takes its AVX SHA-256
+# path, several times the instructions of the SHA-NI path a modern CPU
+# uses: the relays' totals overstate the sealing's share, and the
+# router's its audit chain's. The other workloads vary more from run to
+# run than W2, as their batching and wake-ups do: W4 by ~0.3 %, W1 (one
+# round trip at a time, so a wake-up or two more or less each) by ~1 %.
+# Needs valgrind (Debian's package); about 30 s per workload and build at
+# the defaults.
 #
 # Environment: ONLY (default w1,w2), SCALE (default 0.02 for W2-W6, and
 # 0.05 for W1). Arguments: exocom-bench binaries (default: a release build
@@ -43,36 +46,45 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Prints "<instructions> <units>" for one run of binary $1, workload $2, scale $3.
+# Prints "<router instructions> <relays instructions> <units>" for one run
+# of binary $1, workload $2, scale $3.
 count() {
-    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+    valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$work/cg.%p" \
         "$1" --systems ours --only "$2" --scale "$3" --out "$work/run" >"$work/log" 2>&1 || {
         cat "$work/log" >&2
         return 1
     }
-    local instructions units
-    instructions=$(grep -m1 'Collected :' "$work/log" | awk '{print $4}' | tr -d ,)
-    # "ours: 1241/s (20000/20000)" or "ours: p50 … (1050)"; W4 prints two rows.
+    local bench router relays units
+    bench=$(grep -m1 -E '^==[0-9]+== Command:' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
+    router=$(grep -E '^==[0-9]+== Command: .* serve-router' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
+    collected() { grep -E "^==$1== Collected :" "$work/log" | awk '{print $4}' | tr -d ,; }
+    relays=$(collected "$bench")
+    router=$(collected "$router")
+    if [ -z "$relays" ] || [ -z "$router" ]; then
+        echo "$2: callgrind wrote no totals (did the router exit?)" >&2
+        return 1
+    fi
+    # "ours: 1241/s (20000/20000)" or "ours: p50 … (1000)"; W4 prints two rows.
     units=$(grep 'ours:' "$work/log" | sed -E 's/.*\(([0-9]+)(\/[0-9]+)?\).*/\1/' | awk '{s += $1} END {print s}')
     if [ "$2" = w1 ]; then
         # W1 prints the measured round trips; the warm-up is 1/20 of them.
         units=$((units + units / 20))
     fi
     rm -f "$work"/cg.*
-    echo "$instructions $units"
+    echo "$router $relays $units"
 }
 
-printf '%-6s %14s  %s\n' workload "instr/unit" binary
+printf '%-8s %12s %12s  %s\n' workload router relays "(instructions per unit) binary"
 for w in ${ONLY//,/ }; do
     if [ "$w" = w1 ]; then scale=${SCALE:-0.05}; else scale=${SCALE:-0.02}; fi
     double=$(awk -v s="$scale" 'BEGIN {print s * 2}')
     for bin in "$@"; do
-        read -r i1 u1 < <(count "$bin" "$w" "$scale")
-        read -r i2 u2 < <(count "$bin" "$w" "$double")
+        read -r r1 c1 u1 < <(count "$bin" "$w" "$scale")
+        read -r r2 c2 u2 < <(count "$bin" "$w" "$double")
         if [ "$u2" -le "$u1" ]; then
             echo "$w: no more units at scale $double than at $scale (time limit hit?)" >&2
             exit 1
         fi
-        printf '%-6s %14s  %s\n' "$w" "$(( (i2 - i1) / (u2 - u1) ))" "$bin"
+        printf '%-8s %12s %12s  %s\n' "$w" "$(( (r2 - r1) / (u2 - u1) ))" "$(( (c2 - c1) / (u2 - u1) ))" "$bin"
     done
 done

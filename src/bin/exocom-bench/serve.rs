@@ -23,10 +23,16 @@ fn server_tls(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
 }
 
 /// Our router with the benchmark policy and (unless `audit` is false) the
-/// audit log in `dir`.
+/// audit log in `dir`. It shuts down when its standard input closes (the
+/// benchmark closes it when done), so that a profiler running it, such as
+/// callgrind, sees a normal exit and writes its results.
 pub async fn router(dir: &Path, audit: bool) -> Result<()> {
     let policy = Policy::from_file(&dir.join("policy.toml")).context("benchmark policy")?;
-    let (_trigger, shutdown) = exocom::shutdown::channel();
+    let (trigger, shutdown) = exocom::shutdown::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        trigger.trigger();
+    });
     let mut config = RouterConfig::new("127.0.0.1:0".parse()?, server_tls(dir)?, policy);
     if audit {
         let mut audit_cfg = AuditConfig::new(dir.join(format!("audit-{}.jsonl", std::process::id())));
@@ -45,6 +51,11 @@ pub async fn router(dir: &Path, audit: bool) -> Result<()> {
 /// directions. Frames pass through whole and unparsed: no policy, no audit,
 /// no routing, only TLS in and TLS out.
 pub async fn forwarder(dir: &Path) -> Result<()> {
+    // Exits when its standard input closes, as the router does.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let acceptor = TlsAcceptor::from(server_tls(dir)?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("LISTENING {}", listener.local_addr()?);

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -77,6 +77,9 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Child,
+    /// Closed first when the server is dropped: both servers exit on end
+    /// of input (see serve.rs).
+    stdin: Option<ChildStdin>,
 }
 
 impl Server {
@@ -84,10 +87,12 @@ impl Server {
     pub fn spawn(exe: &Path, args: &[&str]) -> Result<Server> {
         let mut child = Command::new(exe)
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("child stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -104,7 +109,7 @@ impl Server {
                 bail!("{} did not start listening within 20 s", exe.display());
             }
         };
-        Ok(Server { addr, child })
+        Ok(Server { addr, child, stdin })
     }
 
     /// The child's process id (for a profiler).
@@ -115,6 +120,17 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        // Up to 30 s to exit on end of input (under valgrind a server has
+        // its results to write), then it is killed.
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
