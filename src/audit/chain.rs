@@ -59,10 +59,23 @@ pub fn hash_body(body: &[u8]) -> [u8; HASH_LEN] {
 /// Lowercase hex of a hash, without allocating.
 pub fn to_hex(hash: &[u8; HASH_LEN]) -> [u8; 2 * HASH_LEN] {
     let mut out = [0u8; 2 * HASH_LEN];
-    // Both lengths are fixed above, so encoding cannot fail.
-    let _ = hex::encode_to_slice(hash, &mut out);
+    for (pair, byte) in out.as_chunks_mut::<2>().0.iter_mut().zip(hash) {
+        *pair = HEX_PAIRS[usize::from(*byte)];
+    }
     out
 }
+
+/// The two lowercase hex digits of every byte value.
+pub(crate) const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 /// Decodes 64 hex digits.
 pub fn from_hex(text: &[u8]) -> Option<[u8; HASH_LEN]> {

@@ -17,12 +17,21 @@ pub(crate) fn write_line(out: &mut Vec<u8>, line: &LineOut<'_>) {
     out.extend_from_slice(b"{\"seq\":");
     int(out, line.seq);
     out.extend_from_slice(b",\"time\":");
-    string(out, line.time);
+    plain(out, line.time);
     record(out, line.record);
     writer_fields(out, line.writer);
     out.extend_from_slice(b",\"prev\":");
-    string(out, line.prev);
+    plain(out, line.prev);
     out.push(b'}');
+}
+
+/// A string the writer made itself, which never needs an escape (a time
+/// in RFC 3339, a hash in hex): copied without looking at its bytes.
+fn plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!needs_escape(s.as_bytes()), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 fn record(out: &mut Vec<u8>, r: &Record) {
@@ -93,15 +102,48 @@ fn opt_int(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
 fn opt_uuid(out: &mut Vec<u8>, name: &str, value: Option<&Uuid>) {
     if let Some(v) = value {
         key(out, name);
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        out.push(b'"');
-        out.extend_from_slice(v.hyphenated().encode_lower(&mut text).as_bytes());
-        out.push(b'"');
+        out.extend_from_slice(&hyphenated(v));
     }
 }
 
 fn int(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// `id` as a quoted JSON string in lowercase hyphenated form, as `uuid`
+/// writes it: `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"`.
+fn hyphenated(id: &Uuid) -> [u8; 38] {
+    let mut text = [b'-'; 38];
+    text[0] = b'"';
+    text[37] = b'"';
+    let mut at = 1;
+    for (i, byte) in id.as_bytes().iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        text[at..at + 2].copy_from_slice(&crate::audit::chain::HEX_PAIRS[usize::from(*byte)]);
+        at += 2;
+    }
+    text
+}
+
+/// Whether `bytes` holds a byte JSON requires escaping (`"`, `\`, a
+/// control byte), eight bytes at a time: a byte below 0x20 or equal to
+/// `"` or `\` shows in the high bit of its lane ("has less than" and
+/// "has zero byte" of Bit Twiddling Hacks; exact for whether any lane
+/// matches).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let less = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    let (words, rest) = bytes.as_chunks::<8>();
+    let mut found = 0;
+    for word in words {
+        let w = u64::from_le_bytes(*word);
+        found |=
+            less(w, 0x20) | less(w ^ (ONES * u64::from(b'"')), 1) | less(w ^ (ONES * u64::from(b'\\')), 1);
+    }
+    found != 0 || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A JSON string, escaped as `serde_json` does: `"` and `\` by a backslash,
@@ -110,9 +152,8 @@ fn int(out: &mut Vec<u8>, v: u64) {
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Almost every string needs no escape: check all bytes without branching
-    // (the compiler vectorizes this), then copy in one go.
-    if !bytes.iter().fold(false, |esc, &b| esc | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+    // Almost every string needs no escape: check, then copy in one go.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -225,8 +266,41 @@ mod tests {
             "end\"",
         ] {
             let rec = Record::new(Event::Alert).reason(text).name(text);
-            let (ours, theirs) = both(&rec, &WriterFields::default(), text);
+            let (ours, theirs) = both(&rec, &WriterFields::default(), "t");
             assert_eq!(ours, theirs, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_matches_serde_json(text in ".*", bytes in proptest::collection::vec(0u8..0x80, 0..40)) {
+            // Arbitrary text, and short ASCII with many control bytes, quotes and backslashes.
+            let ascii = String::from_utf8(bytes).unwrap();
+            for text in [text.as_str(), ascii.as_str()] {
+                let rec = Record::new(Event::Alert).reason(text).sender(text);
+                let (ours, theirs) = both(&rec, &WriterFields::default(), "t");
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+        }
+
+        #[test]
+        fn the_word_check_is_the_byte_check(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let bytewise = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&bytes), bytewise);
+        }
+
+        #[test]
+        fn the_word_check_finds_one_byte_of_any_value_anywhere(len in 1usize..40, at in 0usize..40, byte in proptest::num::u8::ANY) {
+            let mut bytes = vec![b'x'; len];
+            bytes[at % len] = byte;
+            let needs = byte < 0x20 || byte == b'"' || byte == b'\\';
+            proptest::prop_assert_eq!(needs_escape(&bytes), needs, "{:?}", bytes);
+        }
+
+        #[test]
+        fn ids_are_written_as_uuid_writes_them(n in proptest::num::u128::ANY) {
+            let id = Uuid::from_u128(n);
+            proptest::prop_assert_eq!(hyphenated(&id).to_vec(), format!("\"{id}\"").into_bytes());
         }
     }
 }
