@@ -2,8 +2,8 @@
 # Counts the instructions our router and our relays execute per unit of
 # work (message, delivery or round trip), under valgrind's callgrind.
 # Unlike a timing, the count hardly depends on what else the machine does
-# (W2 repeats within about 0.1 %), so it can tell apart two builds whose
-# timings drown in the noise.
+# (W2 repeats within about 0.3 % for the router and 1 % for the relays),
+# so it can tell apart two builds whose timings drown in the noise.
 #
 #   scripts/instructions.sh                          # W1 and W2, target/release/exocom-bench
 #   scripts/instructions.sh /tmp/before /tmp/after   # compare two builds, side by side
@@ -21,9 +21,9 @@
 # real run. It does not run SHA extensions, so ring takes its AVX SHA-256
 # path, several times the instructions of the SHA-NI path a modern CPU
 # uses: the relays' totals overstate the sealing's share, and the
-# router's its audit chain's. The other workloads vary more from run to
-# run than W2, as their batching and wake-ups do: W4 by ~0.3 %, W1 (one
-# round trip at a time, so a wake-up or two more or less each) by ~1 %.
+# router's its audit chain's. Runs vary as their batching and wake-ups
+# do: W1 (one round trip at a time, a wake-up or two more or less each)
+# by ~1 %, like the relays in W2.
 # Needs valgrind (Debian's package); about 30 s per workload and build at
 # the defaults.
 #

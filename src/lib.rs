@@ -36,6 +36,8 @@
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
 pub mod certs;
+#[cfg(any(feature = "relay", feature = "router"))]
+pub(crate) mod idhash;
 pub mod policy;
 pub mod shutdown;
 pub mod tls;

@@ -41,7 +41,6 @@ mod codec;
 mod crypto;
 pub mod grant;
 pub mod identity;
-pub(crate) mod idhash;
 pub mod keys;
 pub mod open;
 pub mod payload;

@@ -39,7 +39,6 @@ use ring::hmac;
 use super::crypto::{self, AUTH_TAG_LEN};
 use super::grant::{self, OpenLimits};
 use super::identity::TrustAnchors;
-use super::idhash::IdHash;
 use super::keys::ReceiveKey;
 use super::payload::{self, PayloadError};
 use super::replay::{Inbox, ReplayWindow, Seen};
@@ -47,6 +46,7 @@ use super::reply::ReplyKey;
 use super::seal::{message_keys, nonce};
 use super::spiffe::split_service_id;
 use super::{E2eError, SEAL_V1};
+use crate::idhash::IdHash;
 use crate::wire::{Deliver, Kind, RoutingHeader, pool};
 
 /// Why a delivery was refused. Every variant is a reason to nack (no

@@ -5,7 +5,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use super::idhash::IdHash;
+use crate::idhash::IdHash;
 
 /// Bits in the window: sequence numbers this far below the highest
 /// processed one can still be told apart; older ones are refused.

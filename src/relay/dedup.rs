@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::e2e::idhash::IdHash;
+use crate::idhash::IdHash;
 
 /// A message id as it travels (16 bytes, a UUID).
 pub(crate) type MessageId = [u8; 16];

@@ -29,6 +29,7 @@ use super::introspect::Snapshot;
 use super::message::{ConnId, Message, Sender, now_ms};
 use super::metrics::{CoreMetrics, Metrics};
 use crate::audit::{self, AuditHandle, Event, Record};
+use crate::idhash::IdHash;
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
 use crate::store::{Entry, Store, StoreTicket};
@@ -216,7 +217,7 @@ struct Conn {
     handle: ConnHandle,
     subs: HashMap<Arc<str>, Vec<u32>>,
     prefetch: u32,
-    inflight: HashMap<u64, Inflight>,
+    inflight: HashMap<u64, Inflight, IdHash>,
     /// Epochs whose grant this connection has been sent.
     grants_sent: HashSet<GrantKey>,
     connected_ms: u64,
@@ -276,9 +277,9 @@ pub struct Core {
     audit: AuditHandle,
     store: Arc<Store>,
     config: CoreConfig,
-    conns: HashMap<ConnId, Conn>,
+    conns: HashMap<ConnId, Conn, IdHash>,
     services: HashMap<Arc<str>, ServiceState>,
-    replies: HashMap<Uuid, ReplyRoute>,
+    replies: HashMap<Uuid, ReplyRoute, IdHash>,
     /// The current connection of each connected instance.
     instances: HashMap<InstanceKey, ConnId>,
     next_tag: u64,
@@ -327,9 +328,9 @@ impl Core {
             audit,
             store,
             config,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             services: HashMap::new(),
-            replies: HashMap::new(),
+            replies: HashMap::default(),
             instances: HashMap::new(),
             next_tag: 1,
             metrics: CoreMetrics::new(Arc::new(Metrics::new())),
@@ -393,7 +394,7 @@ impl Core {
                 handle,
                 subs: HashMap::new(),
                 prefetch: self.config.default_prefetch,
-                inflight: HashMap::new(),
+                inflight: HashMap::default(),
                 grants_sent: HashSet::new(),
                 connected_ms: now_ms(),
             },
@@ -843,7 +844,7 @@ fn instance_key(s: &Sender) -> InstanceKey {
     (s.service.clone(), s.instance.clone())
 }
 
-fn pick(state: &mut ServiceState, conns: &HashMap<ConnId, Conn>, msg: &Message) -> Option<ConnId> {
+fn pick(state: &mut ServiceState, conns: &HashMap<ConnId, Conn, IdHash>, msg: &Message) -> Option<ConnId> {
     let eligible = |id: &ConnId| conns.get(id).is_some_and(|c| c.handles(&msg.name, msg.version));
     if let Some(key) = &msg.partition_key
         && let Some(id) = state.partitions.get(key)

@@ -1,9 +1,12 @@
-//! A fast keyed hash for 16-byte message ids, for the sets that every
-//! delivery is looked up in and inserted into (the relay's duplicate window,
-//! the processed-id inbox). SipHash was a visible share of the relay's time;
-//! an id is 16 bytes, so two keyed multiply-folds do. The keys are random per
-//! set: ids are chosen by senders, and fixed keys would let one craft
-//! collisions. Use it for ids only, never for text.
+//! A fast keyed hash for 16-byte message ids and for numbers the router
+//! assigns (connection ids, delivery tags), for the maps every message is
+//! looked up in and inserted into (the relay's duplicate window, the
+//! processed-id inbox, the router's connections and deliveries in flight).
+//! SipHash was a visible share of the relay's and the router's time; an id
+//! is 16 bytes, a number 8, so one or two keyed multiply-folds do. The keys
+//! are random per map: ids are chosen by senders, and fixed keys would let
+//! one craft collisions. Use it for ids and such numbers only, never for
+//! text (names, identities: those keep SipHash).
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -17,6 +20,13 @@ impl IdHash {
     /// A hasher with fresh random keys.
     pub(crate) fn new() -> Self {
         IdHash { keys: rand::random() }
+    }
+}
+
+impl Default for IdHash {
+    /// Fresh random keys, as [`IdHash::new`].
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -73,6 +83,11 @@ impl Hasher for IdHasher {
     /// multiply, not the byte loop.
     fn write_usize(&mut self, n: usize) {
         self.mix(n as u64);
+    }
+
+    /// A connection id or delivery tag: one multiply.
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
     }
 
     fn finish(&self) -> u64 {
