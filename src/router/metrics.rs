@@ -253,7 +253,10 @@ impl Metrics {
 #[derive(Debug)]
 pub struct CoreMetrics {
     metrics: Arc<Metrics>,
-    routed: HashMap<(Arc<str>, Arc<str>), Counter>,
+    /// By name, then by service: looked up by `&str`, so a hit clones no `Arc`.
+    routed: HashMap<Arc<str>, HashMap<Arc<str>, Counter>>,
+    /// Series in `routed`.
+    routed_series: usize,
     delivered: HashMap<Arc<str>, Counter>,
     redelivered: HashMap<Arc<str>, Counter>,
 }
@@ -264,6 +267,7 @@ impl CoreMetrics {
         CoreMetrics {
             metrics,
             routed: HashMap::new(),
+            routed_series: 0,
             delivered: HashMap::new(),
             redelivered: HashMap::new(),
         }
@@ -276,31 +280,32 @@ impl CoreMetrics {
 
     /// One copy of `name` queued for `service`.
     pub fn routed(&mut self, name: &Arc<str>, service: &Arc<str>) {
-        if let Some(c) = self.routed.get(&(name.clone(), service.clone())) {
+        if let Some(c) = self.routed.get(&**name).and_then(|by_service| by_service.get(&**service)) {
             c.inc();
             return;
         }
         let family = &self.metrics.routed;
         let mut labels = NameService { name: name.to_string(), service: service.to_string() };
         // The core is the only writer of this family, so its cache counts the series.
-        if self.routed.len() >= MAX_SERIES {
+        if self.routed_series >= MAX_SERIES {
             labels.name = OTHER.to_string();
             family.get_or_create(&labels).inc();
             return;
         }
         let c = family.get_or_create_owned(&labels);
         c.inc();
-        self.routed.insert((name.clone(), service.clone()), c);
+        self.routed.entry(name.clone()).or_default().insert(service.clone(), c);
+        self.routed_series += 1;
     }
 
     /// A delivery to an instance of `service`.
     pub fn delivered(&mut self, service: &Arc<str>) {
-        cached(&mut self.delivered, &self.metrics.delivered, service).inc();
+        inc_cached(&mut self.delivered, &self.metrics.delivered, service);
     }
 
     /// A message of `service` put back for another attempt.
     pub fn redelivered(&mut self, service: &Arc<str>) {
-        cached(&mut self.redelivered, &self.metrics.redelivered, service).inc();
+        inc_cached(&mut self.redelivered, &self.metrics.redelivered, service);
     }
 
     /// A refusal decided in the core.
@@ -314,15 +319,21 @@ impl CoreMetrics {
     }
 }
 
-/// Services come from the policy, so this cache is bounded by it.
-fn cached<'a>(
-    cache: &'a mut HashMap<Arc<str>, Counter>,
+/// Counts one for `service` on its cached counter. Services come from the
+/// policy, so this cache is bounded by it. Looked up by `&str` first: a hit
+/// clones no `Arc`.
+fn inc_cached(
+    cache: &mut HashMap<Arc<str>, Counter>,
     family: &Family<ServiceLabel, Counter>,
     service: &Arc<str>,
-) -> &'a Counter {
-    cache
-        .entry(service.clone())
-        .or_insert_with(|| family.get_or_create_owned(&ServiceLabel { service: service.to_string() }))
+) {
+    if let Some(counter) = cache.get(&**service) {
+        counter.inc();
+        return;
+    }
+    let counter = family.get_or_create_owned(&ServiceLabel { service: service.to_string() });
+    counter.inc();
+    cache.insert(service.clone(), counter);
 }
 
 #[cfg(test)]
@@ -368,5 +379,26 @@ mod tests {
         assert!(metrics.denied.get(&last).is_none());
         let other = Denial { name: OTHER.into(), service: "web".into(), reason: "policy".into() };
         assert_eq!(metrics.denied.get_or_create(&other).get(), 10);
+    }
+
+    #[test]
+    fn the_routed_cache_counts_pairs_and_stops_at_the_cap() {
+        let metrics = Arc::new(Metrics::new());
+        let mut core = CoreMetrics::new(metrics.clone());
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        // One name, two services: two series, each counted on its own.
+        core.routed(&Arc::from("n.x"), &a);
+        core.routed(&Arc::from("n.x"), &b);
+        core.routed(&Arc::from("n.x"), &b);
+        let series = |name: &str, service: &str| NameService { name: name.into(), service: service.into() };
+        assert_eq!(metrics.routed.get_or_create(&series("n.x", "a")).get(), 1);
+        assert_eq!(metrics.routed.get_or_create(&series("n.x", "b")).get(), 2);
+        for i in 0..MAX_SERIES + 8 {
+            core.routed(&Arc::from(format!("n{i}")), &a);
+        }
+        // Two series before the loop: the last ten names fall under OTHER.
+        assert!(metrics.routed.get(&series(&format!("n{}", MAX_SERIES - 2), "a")).is_none());
+        assert_eq!(metrics.routed.get_or_create(&series(&format!("n{}", MAX_SERIES - 3), "a")).get(), 1);
+        assert_eq!(metrics.routed.get_or_create(&series(OTHER, "a")).get(), 10);
     }
 }
