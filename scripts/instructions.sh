@@ -54,12 +54,12 @@ count() {
         cat "$work/log" >&2
         return 1
     }
-    local bench router relays units
-    bench=$(grep -m1 -E '^==[0-9]+== Command:' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
-    router=$(grep -E '^==[0-9]+== Command: .* serve-router' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
+    local bench_pid router_pid router relays units
+    bench_pid=$(grep -m1 -E '^==[0-9]+== Command:' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
+    router_pid=$(grep -E '^==[0-9]+== Command: .* serve-router' "$work/log" | sed -E 's/^==([0-9]+)==.*/\1/')
     collected() { { grep -E "^==$1== Collected :" "$work/log" || true; } | awk '{print $4}' | tr -d ,; }
-    relays=$(collected "$bench")
-    router=$(collected "$router")
+    relays=$(collected "$bench_pid")
+    router=$(collected "$router_pid")
     if [ -z "$relays" ]; then
         echo "$2: callgrind wrote no totals" >&2
         return 1

@@ -10,6 +10,7 @@
 
 use uuid::Uuid;
 
+use super::chain::HEX_PAIRS;
 use super::record::{LineOut, Record, WriterFields};
 
 /// Appends `line` as one JSON object (no newline) to `out`.
@@ -121,7 +122,7 @@ fn hyphenated(id: &Uuid) -> [u8; 38] {
         if matches!(i, 4 | 6 | 8 | 10) {
             at += 1;
         }
-        text[at..at + 2].copy_from_slice(&crate::audit::chain::HEX_PAIRS[usize::from(*byte)]);
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
         at += 2;
     }
     text
@@ -173,14 +174,8 @@ fn string(out: &mut Vec<u8>, s: &str) {
         };
         out.extend_from_slice(&bytes[start..i]);
         if named.is_empty() {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
+            out.extend_from_slice(b"\\u00");
+            out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
         } else {
             out.extend_from_slice(named);
         }
@@ -189,8 +184,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
-
-const HEX: [u8; 16] = *b"0123456789abcdef";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap.

@@ -10,8 +10,9 @@ use crate::idhash::IdHash;
 /// Bits in the window: sequence numbers this far below the highest
 /// processed one can still be told apart; older ones are refused.
 pub const WINDOW_BITS: u64 = 4096;
-const WORDS: usize = (WINDOW_BITS / 64) as usize;
-const WORDS_BITS: usize = WORDS * 64;
+/// The ring's size in bits, as an index.
+const RING: usize = WINDOW_BITS as usize;
+const WORDS: usize = RING / 64;
 
 /// Highest processed sequence number plus a bitmap of the ones below it.
 ///
@@ -74,8 +75,8 @@ impl ReplayWindow {
     }
 
     fn position(seq: u128) -> usize {
-        // Below WINDOW_BITS: the cast cannot truncate.
-        (seq % u128::from(WINDOW_BITS)) as usize
+        // Below RING: the cast cannot truncate.
+        (seq % RING as u128) as usize
     }
 
     /// Moves `top` up to `new_top`, clearing the bits of the numbers
@@ -93,7 +94,7 @@ impl ReplayWindow {
                 let n = left.min(64 - bit);
                 let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
                 self.bits[at / 64] &= !mask;
-                at = (at + n) % WORDS_BITS;
+                at = (at + n) % RING;
                 left -= n;
             }
         }

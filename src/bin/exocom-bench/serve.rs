@@ -22,6 +22,15 @@ fn server_tls(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     Ok(tls::server_config(&files)?)
 }
 
+/// Runs `then` on a thread of its own once standard input closes (the
+/// benchmark holds its write end while it needs the server).
+fn on_end_of_input(then: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        then();
+    });
+}
+
 /// Our router with the benchmark policy and (unless `audit` is false) the
 /// audit log in `dir`. It shuts down when its standard input closes (the
 /// benchmark closes it when done), so that a profiler running it, such as
@@ -29,10 +38,7 @@ fn server_tls(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
 pub async fn router(dir: &Path, audit: bool) -> Result<()> {
     let policy = Policy::from_file(&dir.join("policy.toml")).context("benchmark policy")?;
     let (trigger, shutdown) = exocom::shutdown::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        trigger.trigger();
-    });
+    on_end_of_input(move || trigger.trigger());
     let mut config = RouterConfig::new("127.0.0.1:0".parse()?, server_tls(dir)?, policy);
     if audit {
         let mut audit_cfg = AuditConfig::new(dir.join(format!("audit-{}.jsonl", std::process::id())));
@@ -51,11 +57,8 @@ pub async fn router(dir: &Path, audit: bool) -> Result<()> {
 /// directions. Frames pass through whole and unparsed: no policy, no audit,
 /// no routing, only TLS in and TLS out.
 pub async fn forwarder(dir: &Path) -> Result<()> {
-    // Exits when its standard input closes, as the router does.
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
+    // Exits when its standard input closes, as the router shuts down.
+    on_end_of_input(|| std::process::exit(0));
     let acceptor = TlsAcceptor::from(server_tls(dir)?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("LISTENING {}", listener.local_addr()?);
