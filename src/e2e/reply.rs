@@ -23,7 +23,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message;
 use ring::aead::LessSafeKey;
 
 use super::crypto;
@@ -170,7 +169,7 @@ impl ReplySealer {
         header.seq = seq;
         header.stream_seq = seq;
         header.stream_final = last;
-        let header_bytes = Bytes::from(header.encode_to_vec());
+        let header_bytes = crate::wire::frame::encode_header(&header);
         let mut buf = payload::encode(None, plaintext);
         crypto::seal(&self.aead, nonce(&self.prefix, seq), &header_bytes, &mut buf)
             .map_err(|_| E2eError::Seal)?;

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message;
 use ring::aead::LessSafeKey;
 use ring::hmac;
 
@@ -168,7 +167,7 @@ impl Sealer {
         set_str(&mut header.sender, self.identity.spiffe_id());
         set_str(&mut header.sender_instance, &self.instance);
         let reply_key = if header.expects_reply { Some(ReplyKey::generate()?) } else { None };
-        let header_bytes = Bytes::from(header.encode_to_vec());
+        let header_bytes = crate::wire::frame::encode_header(&header);
         Ok(Prepared {
             header,
             header_bytes,

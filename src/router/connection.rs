@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::core::{Command, ConnHandle, Durable, Outbound, Route};
+use super::core::{Command, ConnHandle, Delivery, Durable, Outbound, Route};
 use super::decisions::SendCache;
 use super::keys::KeyDirectory;
 use super::message::{Message, Sender, now_ms};
@@ -579,6 +579,11 @@ impl<W: AsyncWrite + Unpin> Batch<W> {
         self.writer.push(frame);
     }
 
+    fn push_deliver(&mut self, delivery: &Delivery) {
+        self.holdable = false;
+        self.writer.push_deliver(&delivery.parts());
+    }
+
     /// Whether the batch may wait for company: it holds only requests'
     /// `Accepted` frames.
     fn may_wait(&self) -> bool {
@@ -662,6 +667,7 @@ fn drain<W: AsyncWrite + Unpin>(
 fn push<W: AsyncWrite + Unpin>(batch: &mut Batch<W>, pending: &mut VecDeque<PendingAccept>, out: Outbound) {
     match out {
         Outbound::Frame(frame) => batch.push(&frame, false),
+        Outbound::Deliver(delivery) => batch.push_deliver(&delivery),
         // The in-flight permit is released as the answer is queued for writing.
         Outbound::Accept { corr, receivers, durable: None, hold, .. } if pending.is_empty() => {
             batch.push(&accepted(corr, receivers), hold)

@@ -33,7 +33,7 @@ use crate::idhash::IdHash;
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
 use crate::store::{Entry, Store, StoreTicket};
-use crate::wire::{Body, Deliver, Error, ErrorCode, Frame, ServiceBlob, Subscription};
+use crate::wire::{Body, Error, ErrorCode, Frame, ServiceBlob, Subscription};
 
 /// What an accepted send waits for before its `Accepted` is written: its
 /// audit line and its store writes. A future that says whether they
@@ -70,6 +70,8 @@ impl Future for Durable {
 pub enum Outbound {
     /// A frame, written at once.
     Frame(Frame),
+    /// A delivery, written at once, encoded from the message itself.
+    Deliver(Delivery),
     /// `Accepted{corr}` once `durable` resolves (or an error frame if it fails).
     Accept {
         /// The send's correlation id.
@@ -84,6 +86,40 @@ pub enum Outbound {
         /// the reply, to reach the requester in the same write.
         hold: bool,
     },
+}
+
+/// A `Deliver` frame by its parts: the connection's writer encodes it
+/// straight from the message ([`wire::encode::deliver`](crate::wire::encode::deliver)),
+/// so no frame, and none of its `String`s, is built per delivery.
+pub struct Delivery {
+    /// Delivery tag (0 for a reply).
+    pub tag: u64,
+    /// The message delivered.
+    pub msg: Arc<Message>,
+    /// 1 for the first delivery, higher for redeliveries.
+    pub attempt: u32,
+    /// The receiving service's authentication tag, or empty.
+    pub auth_tag: Bytes,
+    /// The key grant sent with this delivery, or empty.
+    pub grant: Bytes,
+}
+
+impl Delivery {
+    /// The frame's fields, borrowed from the delivery.
+    pub fn parts(&self) -> crate::wire::encode::DeliverRef<'_> {
+        let msg = &*self.msg;
+        crate::wire::encode::DeliverRef {
+            tag: self.tag,
+            header: &msg.header,
+            payload: &msg.payload,
+            sender: &msg.sender.service,
+            sender_id: &msg.sender.identity,
+            timestamp_ms: msg.timestamp_ms,
+            attempt: self.attempt,
+            auth_tag: &self.auth_tag,
+            grant: &self.grant,
+        }
+    }
 }
 
 /// A connection as the core sees it.
@@ -531,8 +567,8 @@ impl Core {
         }
         let auth_tag =
             tags.iter().find(|t| *t.service == *req_service).map(|t| t.data.clone()).unwrap_or_default();
-        let frame = deliver_frame(0, &msg, 1, auth_tag, Bytes::new());
-        if req.handle.out.try_send(Outbound::Frame(frame)).is_err() {
+        let delivery = Delivery { tag: 0, msg: Arc::clone(&msg), attempt: 1, auth_tag, grant: Bytes::new() };
+        if req.handle.out.try_send(Outbound::Deliver(delivery)).is_err() {
             // The requester is not reading; tell the replier to retry rather than grow memory.
             self.send_error(
                 replier,
@@ -701,8 +737,14 @@ impl Core {
                 },
                 _ => Bytes::new(),
             };
-            let frame = deliver_frame(tag, &q.msg, q.attempts, q.auth_tag.clone(), grant);
-            if conn.handle.out.try_send(Outbound::Frame(frame)).is_err() {
+            let delivery = Delivery {
+                tag,
+                msg: Arc::clone(&q.msg),
+                attempt: q.attempts,
+                auth_tag: q.auth_tag.clone(),
+                grant,
+            };
+            if conn.handle.out.try_send(Outbound::Deliver(delivery)).is_err() {
                 // Credit bounds what we send, so a full outbox means the peer
                 // stopped reading entirely: close it; its messages come back.
                 warn!(conn = conn_id, "outbox full; closing connection");
@@ -882,22 +924,6 @@ fn remember_grant(state: &mut ServiceState, msg: &Message, grant: Bytes) {
 
 fn grant_key(msg: &Message) -> Option<GrantKey> {
     msg.header_epoch().map(|epoch| (msg.sender.identity.clone(), epoch))
-}
-
-fn deliver_frame(tag: u64, msg: &Message, attempt: u32, auth_tag: Bytes, grant: Bytes) -> Frame {
-    Frame {
-        body: Some(Body::Deliver(Deliver {
-            tag,
-            header: msg.header.clone(),
-            payload: msg.payload.clone(),
-            sender: String::from(&*msg.sender.service),
-            sender_id: String::from(&*msg.sender.identity),
-            timestamp_ms: msg.timestamp_ms,
-            attempt,
-            auth_tag,
-            grant,
-        })),
-    }
 }
 
 fn entry_of(service: &str, seq: u64, msg: &Message, auth_tag: &Bytes, grant: Bytes) -> Entry {

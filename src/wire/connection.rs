@@ -16,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::encode::{self, DeliverRef};
 use super::frame::{self, Check, FrameError};
 use super::messages::Frame;
 use super::pool;
@@ -176,8 +177,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A large payload is not copied into the batch but written from its
     /// own buffer ([`frame::encode_split`]).
     pub fn push(&mut self, frame: &Frame) {
+        let payload = frame::encode_split(frame, &mut self.buf);
+        self.pushed(payload);
+    }
+
+    /// Appends a `Deliver` frame, encoded from its parts, to the batch (a
+    /// large payload written from its own buffer, as by [`push`](Self::push)).
+    pub fn push_deliver(&mut self, deliver: &DeliverRef<'_>) {
+        let payload = encode::deliver(deliver, &mut self.buf);
+        self.pushed(payload);
+    }
+
+    /// A frame was encoded into `buf`; `payload`, if any, follows it from
+    /// its own buffer.
+    fn pushed(&mut self, payload: Option<Bytes>) {
         self.dirty = true;
-        if let Some(payload) = frame::encode_split(frame, &mut self.buf) {
+        if let Some(payload) = payload {
             self.parts.push_back(self.buf.split().freeze());
             self.parts.push_back(payload);
         }

@@ -10,7 +10,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use super::messages::{Body, Deliver, Frame, RoutingHeader, Send};
+use super::encode::DeliverRef;
+use super::messages::{Body, Frame, RoutingHeader};
 
 /// Bytes in the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -103,49 +104,17 @@ pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 /// returned, and the frame is `out`'s new bytes followed by it. The payload
 /// field then comes last in its message instead of in field order; protobuf
 /// readers take fields in any order, so the frame decodes the same (only
-/// its bytes differ from [`encode`]'s).
+/// its bytes differ from [`encode`]'s). `Send` and `Deliver` are written by
+/// [`encode`](super::encode), without cloning their byte fields.
 pub fn encode_split(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
     match &frame.body {
-        Some(Body::Send(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
-            let rest = Send { payload: Bytes::new(), ..m.clone() };
-            Some(encode_payload_last(SEND_TAG, &rest, &m.payload, out))
-        }
-        Some(Body::Deliver(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
-            let rest = Deliver { payload: Bytes::new(), ..m.clone() };
-            Some(encode_payload_last(DELIVER_TAG, &rest, &m.payload, out))
-        }
+        Some(Body::Send(m)) => super::encode::send(m, out),
+        Some(Body::Deliver(m)) => super::encode::deliver(&DeliverRef::of(m), out),
         _ => {
             encode(frame, out);
             None
         }
     }
-}
-
-/// `Frame.body` field numbers of `Send` and `Deliver`, and the field number
-/// of `payload` in both (docs/exocom.proto).
-const SEND_TAG: u32 = 4;
-const DELIVER_TAG: u32 = 7;
-const PAYLOAD_TAG: u32 = 3;
-
-/// Writes the length prefix, the body's key and length, `rest` (the message
-/// without its payload) and the payload field's key and length; the payload
-/// bytes themselves are returned for the caller to write next.
-fn encode_payload_last(body_tag: u32, rest: &impl Message, payload: &Bytes, out: &mut BytesMut) -> Bytes {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let payload_field = key_len(PAYLOAD_TAG) + encoded_len_varint(payload.len() as u64) + payload.len();
-    let message_len = rest.encoded_len() + payload_field;
-    let frame_len = key_len(body_tag) + encoded_len_varint(message_len as u64) + message_len;
-    out.reserve(LENGTH_PREFIX + frame_len - payload.len());
-    // As in `encode`: the maximum frame is checked on both sides, so the
-    // length fits a u32.
-    out.put_u32(frame_len as u32);
-    encode_key(body_tag, WireType::LengthDelimited, out);
-    encode_varint(message_len as u64, out);
-    // Encoding into a BytesMut cannot fail (it grows).
-    let _ = rest.encode(out);
-    encode_key(PAYLOAD_TAG, WireType::LengthDelimited, out);
-    encode_varint(payload.len() as u64, out);
-    payload.clone()
 }
 
 /// Encodes one frame into a fresh buffer (tests, vectors, one-off writes).
@@ -155,9 +124,10 @@ pub fn to_bytes(frame: &Frame) -> Bytes {
     out.freeze()
 }
 
-/// Encodes a routing header to the bytes that travel in `Send.header`.
+/// Encodes a routing header to the bytes that travel in `Send.header`
+/// (as prost would, without cloning its byte fields).
 pub fn encode_header(header: &RoutingHeader) -> Bytes {
-    Bytes::from(header.encode_to_vec())
+    super::encode::header(header)
 }
 
 /// Parses routing-header bytes. The bytes themselves are what gets forwarded.
@@ -169,6 +139,7 @@ pub fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, prost::DecodeError>
 mod tests {
     use super::*;
     use crate::wire::messages::{Body, Ping, ServiceBlob};
+    use crate::wire::messages::{Deliver, Send};
 
     fn ping(n: u64) -> Frame {
         Frame { body: Some(Body::Ping(Ping { nonce: n })) }

@@ -1,0 +1,414 @@
+//! Field-by-field encoders for what every message crosses: the routing
+//! header, `Send` and `Deliver`. Their bytes are exactly prost's (fields in
+//! tag order, defaults left out; the tests compare them with prost's for
+//! any input), but byte fields are copied from slices: prost writes a
+//! `Bytes` field by cloning it, and the first clone of a `Bytes` made from
+//! a `Vec` allocates its shared header, so the relays paid an allocation
+//! per header, payload and tag they sent. A `Deliver` is also encoded from
+//! borrowed parts, so the router writes one without building the frame
+//! (and its two `String`s) first.
+//!
+//! This module only encodes; decoding stays with prost. It must never
+//! depend on the router, the relay or `e2e`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use super::frame::{LENGTH_PREFIX, SPLIT_PAYLOAD};
+use super::messages::{Deliver, RoutingHeader, Send, ServiceBlob};
+
+/// `Frame.body` field numbers of `Send` and `Deliver`, and the field number
+/// of `payload` in both (docs/exocom.proto).
+pub(super) const SEND_TAG: u32 = 4;
+pub(super) const DELIVER_TAG: u32 = 7;
+pub(super) const PAYLOAD_TAG: u32 = 3;
+
+/// A `Deliver` by its parts, borrowed: what [`deliver`] writes.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliverRef<'a> {
+    /// Delivery tag.
+    pub tag: u64,
+    /// The routing header, as the sender encoded it.
+    pub header: &'a [u8],
+    /// The payload, as the sender sent it.
+    pub payload: &'a Bytes,
+    /// The sender's service name.
+    pub sender: &'a str,
+    /// The sender's identity.
+    pub sender_id: &'a str,
+    /// When the router accepted the message, Unix ms.
+    pub timestamp_ms: u64,
+    /// 1 for the first delivery, higher for redeliveries.
+    pub attempt: u32,
+    /// This service's authentication tag, or empty.
+    pub auth_tag: &'a [u8],
+    /// The key grant for the header's epoch, or empty.
+    pub grant: &'a [u8],
+}
+
+impl<'a> DeliverRef<'a> {
+    /// The parts of a decoded or built `Deliver`.
+    pub fn of(d: &'a Deliver) -> Self {
+        Self {
+            tag: d.tag,
+            header: &d.header,
+            payload: &d.payload,
+            sender: &d.sender,
+            sender_id: &d.sender_id,
+            timestamp_ms: d.timestamp_ms,
+            attempt: d.attempt,
+            auth_tag: &d.auth_tag,
+            grant: &d.grant,
+        }
+    }
+
+    /// Encoded length of every field but the payload.
+    fn rest_len(&self) -> usize {
+        varint_len(1, self.tag)
+            + bytes_len(2, self.header.len())
+            + bytes_len(4, self.sender.len())
+            + bytes_len(5, self.sender_id.len())
+            + varint_len(6, self.timestamp_ms)
+            + varint_len(7, u64::from(self.attempt))
+            + bytes_len(8, self.auth_tag.len())
+            + bytes_len(9, self.grant.len())
+    }
+
+    /// Writes the fields in tag order; the payload only when `with_payload`.
+    fn put(&self, out: &mut BytesMut, with_payload: bool) {
+        put_varint(out, 1, self.tag);
+        put_bytes(out, 2, self.header);
+        if with_payload {
+            put_bytes(out, 3, self.payload);
+        }
+        self.put_from_sender(out);
+    }
+
+    fn put_from_sender(&self, out: &mut BytesMut) {
+        put_bytes(out, 4, self.sender.as_bytes());
+        put_bytes(out, 5, self.sender_id.as_bytes());
+        put_varint(out, 6, self.timestamp_ms);
+        put_varint(out, 7, u64::from(self.attempt));
+        put_bytes(out, 8, self.auth_tag);
+        put_bytes(out, 9, self.grant);
+    }
+}
+
+/// Appends the frame of a `Deliver`, length prefix first, to `out`, as
+/// [`frame::encode_split`](super::frame::encode_split) would the same
+/// `Deliver` in a `Frame`: a payload of [`SPLIT_PAYLOAD`] bytes or more is
+/// not copied but returned, to be written after `out`'s new bytes.
+pub fn deliver(d: &DeliverRef<'_>, out: &mut BytesMut) -> Option<Bytes> {
+    let rest = d.rest_len();
+    let payload = d.payload.len();
+    let message = rest + bytes_len(PAYLOAD_TAG, payload);
+    let split = payload >= SPLIT_PAYLOAD;
+    put_frame_start(out, DELIVER_TAG, message, if split { payload } else { 0 });
+    if split {
+        d.put(out, false);
+        put_payload_key(out, payload);
+        Some(d.payload.clone())
+    } else {
+        d.put(out, true);
+        None
+    }
+}
+
+/// Appends the frame of `s`, length prefix first, to `out`, as
+/// [`frame::encode_split`](super::frame::encode_split) would `s` in a
+/// `Frame` (a large payload returned, not copied).
+pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
+    // A repeated message's every element is written, an empty one too.
+    let blobs = |blobs: &[ServiceBlob], tag: u32| -> usize {
+        blobs
+            .iter()
+            .map(|b| key_len(tag) + encoded_len_varint(blob_len(b) as u64) + blob_len(b))
+            .sum::<usize>()
+    };
+    let rest = varint_len(1, s.corr) + bytes_len(2, s.header.len()) + blobs(&s.tags, 4) + blobs(&s.grants, 5);
+    let payload = s.payload.len();
+    let message = rest + bytes_len(PAYLOAD_TAG, payload);
+    let split = payload >= SPLIT_PAYLOAD;
+    put_frame_start(out, SEND_TAG, message, if split { payload } else { 0 });
+    put_varint(out, 1, s.corr);
+    put_bytes(out, 2, &s.header);
+    if !split {
+        put_bytes(out, 3, &s.payload);
+    }
+    for (tag, blobs) in [(4, &s.tags), (5, &s.grants)] {
+        for b in blobs {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(blob_len(b) as u64, out);
+            put_bytes(out, 1, b.service.as_bytes());
+            put_bytes(out, 2, &b.data);
+        }
+    }
+    if split {
+        put_payload_key(out, payload);
+        return Some(s.payload.clone());
+    }
+    None
+}
+
+/// Encodes a routing header to the bytes that travel in `Send.header`.
+pub fn header(h: &RoutingHeader) -> Bytes {
+    let len = bytes_len(1, h.name.len())
+        + varint_len(2, u64::from(h.version))
+        + bytes_len(3, h.id.len())
+        + bytes_len(4, h.origin_id.len())
+        + bytes_len(5, h.response_to.len())
+        // prost writes an enum as its i32 sign-extended to 64 bits.
+        + varint_len(6, h.kind as u64)
+        + bytes_len(7, h.sender.len())
+        + bytes_len(8, h.sender_instance.len())
+        + varint_len(9, u64::from(h.expects_reply))
+        + bytes_len(10, h.partition_key.len())
+        + varint_len(11, h.expires_at_ms)
+        + varint_len(12, h.stream_seq)
+        + varint_len(13, u64::from(h.stream_final))
+        + varint_len(14, u64::from(h.seal))
+        + bytes_len(15, h.epoch.len())
+        + varint_len(16, h.seq)
+        + varint_len(17, h.policy_serial);
+    let mut out = BytesMut::with_capacity(len);
+    put_bytes(&mut out, 1, h.name.as_bytes());
+    put_varint(&mut out, 2, u64::from(h.version));
+    put_bytes(&mut out, 3, &h.id);
+    put_bytes(&mut out, 4, &h.origin_id);
+    put_bytes(&mut out, 5, &h.response_to);
+    put_varint(&mut out, 6, h.kind as u64);
+    put_bytes(&mut out, 7, h.sender.as_bytes());
+    put_bytes(&mut out, 8, h.sender_instance.as_bytes());
+    put_varint(&mut out, 9, u64::from(h.expects_reply));
+    put_bytes(&mut out, 10, h.partition_key.as_bytes());
+    put_varint(&mut out, 11, h.expires_at_ms);
+    put_varint(&mut out, 12, h.stream_seq);
+    put_varint(&mut out, 13, u64::from(h.stream_final));
+    put_varint(&mut out, 14, u64::from(h.seal));
+    put_bytes(&mut out, 15, &h.epoch);
+    put_varint(&mut out, 16, h.seq);
+    put_varint(&mut out, 17, h.policy_serial);
+    out.freeze()
+}
+
+fn blob_len(b: &ServiceBlob) -> usize {
+    bytes_len(1, b.service.len()) + bytes_len(2, b.data.len())
+}
+
+/// The length prefix, the body's key and the message's length, with room
+/// reserved for the frame less `left_out` bytes (a payload written apart).
+fn put_frame_start(out: &mut BytesMut, body_tag: u32, message: usize, left_out: usize) {
+    let frame = key_len(body_tag) + encoded_len_varint(message as u64) + message;
+    out.reserve(LENGTH_PREFIX + frame - left_out);
+    // A frame over u32::MAX cannot be built from inputs we accept (the
+    // maximum frame is checked on both sides), so the cast cannot truncate.
+    out.put_u32(frame as u32);
+    encode_key(body_tag, WireType::LengthDelimited, out);
+    encode_varint(message as u64, out);
+}
+
+/// The payload field's key and length, its bytes to follow apart.
+fn put_payload_key(out: &mut BytesMut, len: usize) {
+    encode_key(PAYLOAD_TAG, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+/// Encoded length of a varint field (nothing when it is 0, as prost).
+fn varint_len(tag: u32, v: u64) -> usize {
+    if v == 0 { 0 } else { key_len(tag) + encoded_len_varint(v) }
+}
+
+/// Encoded length of a bytes or string field (nothing when empty, as prost).
+fn bytes_len(tag: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { key_len(tag) + encoded_len_varint(len as u64) + len }
+}
+
+fn put_varint(out: &mut impl BufMut, tag: u32, v: u64) {
+    if v != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+}
+
+fn put_bytes(out: &mut impl BufMut, tag: u32, b: &[u8]) {
+    if !b.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(b.len() as u64, out);
+        out.put_slice(b);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::wire::frame;
+    use crate::wire::messages::{Body, Frame};
+
+    fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            3 => proptest::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from),
+            1 => Just(Bytes::new()),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[a-z.\u{e9}]{0,40}", 1 => Just(String::new())]
+    }
+
+    /// 0, small, and up to the largest value, so every varint length occurs.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0u64), 0u64..300, any::<u64>()]
+    }
+
+    fn blob() -> impl Strategy<Value = ServiceBlob> {
+        (text(), bytes(40)).prop_map(|(service, data)| ServiceBlob { service, data })
+    }
+
+    /// Payloads either side of the split size.
+    fn payload() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            3 => bytes(300),
+            1 => (SPLIT_PAYLOAD - 2..SPLIT_PAYLOAD + 2).prop_map(|n| Bytes::from(vec![7u8; n])),
+        ]
+    }
+
+    fn header_strategy() -> impl Strategy<Value = RoutingHeader> {
+        (
+            (text(), number(), bytes(16), bytes(16), bytes(16), -2i32..4, text(), text()),
+            (
+                any::<bool>(),
+                text(),
+                number(),
+                number(),
+                any::<bool>(),
+                number(),
+                bytes(16),
+                number(),
+                number(),
+            ),
+        )
+            .prop_map(|(a, b)| RoutingHeader {
+                name: a.0,
+                version: a.1 as u32,
+                id: a.2,
+                origin_id: a.3,
+                response_to: a.4,
+                kind: a.5,
+                sender: a.6,
+                sender_instance: a.7,
+                expects_reply: b.0,
+                partition_key: b.1,
+                expires_at_ms: b.2,
+                stream_seq: b.3,
+                stream_final: b.4,
+                seal: b.5 as u32,
+                epoch: b.6,
+                seq: b.7,
+                policy_serial: b.8,
+            })
+    }
+
+    fn deliver_strategy() -> impl Strategy<Value = Deliver> {
+        (number(), bytes(60), payload(), text(), text(), number(), number(), bytes(40), bytes(40)).prop_map(
+            |(tag, header, payload, sender, sender_id, timestamp_ms, attempt, auth_tag, grant)| Deliver {
+                tag,
+                header,
+                payload,
+                sender,
+                sender_id,
+                timestamp_ms,
+                attempt: attempt as u32,
+                auth_tag,
+                grant,
+            },
+        )
+    }
+
+    fn send_strategy() -> impl Strategy<Value = Send> {
+        let blobs = || proptest::collection::vec(blob(), 0..4);
+        (number(), bytes(60), payload(), blobs(), blobs())
+            .prop_map(|(corr, header, payload, tags, grants)| Send { corr, header, payload, tags, grants })
+    }
+
+    /// What prost writes for `body` in a frame, a large payload apart:
+    /// the frame without it, then the payload's key and length.
+    fn prost_frame(body: Body) -> (Vec<u8>, Option<Bytes>) {
+        let (body_tag, rest, payload) = match &body {
+            Body::Send(m) => {
+                (SEND_TAG, Send { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), &m.payload)
+            }
+            Body::Deliver(m) => {
+                (DELIVER_TAG, Deliver { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), &m.payload)
+            }
+            _ => unreachable!("only Send and Deliver are encoded here"),
+        };
+        if payload.len() < SPLIT_PAYLOAD {
+            let mut out = BytesMut::new();
+            frame::encode(&Frame { body: Some(body.clone()) }, &mut out);
+            return (out.to_vec(), None);
+        }
+        let payload_field = key_len(PAYLOAD_TAG) + encoded_len_varint(payload.len() as u64) + payload.len();
+        let message = rest.len() + payload_field;
+        let mut out = BytesMut::new();
+        out.put_u32((key_len(body_tag) + encoded_len_varint(message as u64) + message) as u32);
+        encode_key(body_tag, WireType::LengthDelimited, &mut out);
+        encode_varint(message as u64, &mut out);
+        out.extend_from_slice(&rest);
+        put_payload_key(&mut out, payload.len());
+        (out.to_vec(), Some(payload.clone()))
+    }
+
+    proptest! {
+        #[test]
+        fn a_header_is_encoded_as_prost_encodes_it(h in header_strategy()) {
+            prop_assert_eq!(&header(&h)[..], &h.encode_to_vec()[..]);
+        }
+
+        #[test]
+        fn a_deliver_is_encoded_as_prost_encodes_it(d in deliver_strategy()) {
+            let mut out = BytesMut::new();
+            let split = deliver(&DeliverRef::of(&d), &mut out);
+            let (expected, expected_split) = prost_frame(Body::Deliver(d.clone()));
+            prop_assert_eq!(&out[..], &expected[..]);
+            prop_assert_eq!(split.is_some(), d.payload.len() >= SPLIT_PAYLOAD);
+            prop_assert_eq!(split, expected_split);
+        }
+
+        #[test]
+        fn a_send_is_encoded_as_prost_encodes_it(s in send_strategy()) {
+            let mut out = BytesMut::new();
+            let split = send(&s, &mut out);
+            let (expected, expected_split) = prost_frame(Body::Send(s.clone()));
+            prop_assert_eq!(&out[..], &expected[..]);
+            prop_assert_eq!(split.is_some(), s.payload.len() >= SPLIT_PAYLOAD);
+            prop_assert_eq!(split, expected_split);
+        }
+    }
+
+    /// Whole frames read back as what was encoded, the split payload after
+    /// the rest.
+    #[test]
+    fn encoded_frames_read_back() {
+        let d = Deliver {
+            tag: 9,
+            header: Bytes::from_static(b"h"),
+            payload: Bytes::from(vec![1u8; SPLIT_PAYLOAD]),
+            sender: "billing".into(),
+            sender_id: "spiffe://exocom/billing".into(),
+            timestamp_ms: 1,
+            attempt: 2,
+            auth_tag: Bytes::from_static(b"t"),
+            grant: Bytes::new(),
+        };
+        let mut out = BytesMut::new();
+        let payload = deliver(&DeliverRef::of(&d), &mut out).unwrap();
+        out.extend_from_slice(&payload);
+        let back = frame::decode(&mut out, usize::MAX).unwrap().unwrap();
+        assert_eq!(back.body, Some(Body::Deliver(d)));
+        assert!(out.is_empty());
+    }
+}
