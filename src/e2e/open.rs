@@ -185,7 +185,7 @@ pub struct Opened {
     /// The reply key, when the sender expects replies.
     pub reply_key: Option<ReplyKey>,
     /// The sender's service name (verified).
-    pub sender_service: String,
+    pub sender_service: Arc<str>,
 }
 
 /// What [`Opener::open_decoded`] gives: an [`Opened`] without the header the
@@ -196,8 +196,8 @@ pub struct OpenedPayload {
     pub plaintext: Bytes,
     /// The reply key, when the sender expects replies.
     pub reply_key: Option<ReplyKey>,
-    /// The sender's service name (verified).
-    pub sender_service: String,
+    /// The sender's service name (verified), shared with its epoch's keys.
+    pub sender_service: Arc<str>,
 }
 
 /// A delivery [`Opener::begin`] passed: what is left of opening it (5, 8,
@@ -205,7 +205,7 @@ pub struct OpenedPayload {
 #[must_use = "a delivery is opened only by finishing it"]
 pub struct Unsealing {
     keys: Arc<EpochKeys>,
-    sender_service: String,
+    sender_service: Arc<str>,
     /// Expired or replayed, reported only once the tag verified (so a
     /// forgery is counted as one, whatever its header claims).
     after_tag: Option<OpenError>,
@@ -267,7 +267,7 @@ impl EpochRef {
 
 struct EpochState {
     name: String,
-    sender_service: String,
+    sender_service: Arc<str>,
     keys: Arc<EpochKeys>,
     window: ReplayWindow,
 }
@@ -401,7 +401,7 @@ impl Opener {
         };
         Ok(Unsealing {
             keys: Arc::clone(&state.keys),
-            sender_service: state.sender_service.clone(),
+            sender_service: Arc::clone(&state.sender_service),
             after_tag,
         })
     }
@@ -450,7 +450,7 @@ impl Opener {
             message_keys(&g.secrets.sender_key, &g.epoch, &g.name).map_err(OpenError::BadGrant)?;
         Ok(EpochState {
             name: g.name,
-            sender_service: g.sender.service,
+            sender_service: Arc::from(g.sender.service),
             keys: Arc::new(EpochKeys {
                 aead,
                 nonce_prefix,

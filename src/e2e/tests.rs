@@ -105,7 +105,7 @@ fn round_trip_to_every_receiver() {
     for (opener, service) in [(&mut w.todos, "todos"), (&mut w.audit, "audit")] {
         let opened = opener.open(&deliver(&sealed, service, true), now_ms()).unwrap();
         assert_eq!(&opened.plaintext[..], b"buy milk");
-        assert_eq!(opened.sender_service, "web");
+        assert_eq!(&*opened.sender_service, "web");
         assert_eq!(opened.header.sender, WEB);
         assert_eq!(opened.header.policy_serial, 7);
         assert!(opened.reply_key.is_none());

@@ -482,7 +482,7 @@ fn finish_open(
     let allowed = policy.check_send(&opened.sender_service, &header.name, header.version.max(1));
     if !allowed.allowed {
         return Err(rejected(OpenError::Unauthorized {
-            sender: opened.sender_service,
+            sender: opened.sender_service.to_string(),
             name: header.name.clone(),
         }));
     }
