@@ -19,9 +19,9 @@ use super::messages::{Deliver, RoutingHeader, Send, ServiceBlob};
 
 /// `Frame.body` field numbers of `Send` and `Deliver`, and the field number
 /// of `payload` in both (docs/exocom.proto).
-pub(super) const SEND_TAG: u32 = 4;
-pub(super) const DELIVER_TAG: u32 = 7;
-pub(super) const PAYLOAD_TAG: u32 = 3;
+const SEND_TAG: u32 = 4;
+const DELIVER_TAG: u32 = 7;
+const PAYLOAD_TAG: u32 = 3;
 
 /// A `Deliver` by its parts, borrowed: what [`deliver`] writes.
 #[derive(Clone, Copy, Debug)]
@@ -47,18 +47,20 @@ pub struct DeliverRef<'a> {
 }
 
 impl<'a> DeliverRef<'a> {
-    /// The parts of a decoded or built `Deliver`.
+    /// The parts of a decoded or built `Deliver`. (Destructured, so a field
+    /// added to `Deliver` fails to compile here until it is encoded.)
     pub fn of(d: &'a Deliver) -> Self {
+        let Deliver { tag, header, payload, sender, sender_id, timestamp_ms, attempt, auth_tag, grant } = d;
         Self {
-            tag: d.tag,
-            header: &d.header,
-            payload: &d.payload,
-            sender: &d.sender,
-            sender_id: &d.sender_id,
-            timestamp_ms: d.timestamp_ms,
-            attempt: d.attempt,
-            auth_tag: &d.auth_tag,
-            grant: &d.grant,
+            tag: *tag,
+            header,
+            payload,
+            sender,
+            sender_id,
+            timestamp_ms: *timestamp_ms,
+            attempt: *attempt,
+            auth_tag,
+            grant,
         }
     }
 
@@ -81,10 +83,6 @@ impl<'a> DeliverRef<'a> {
         if with_payload {
             put_bytes(out, 3, self.payload);
         }
-        self.put_from_sender(out);
-    }
-
-    fn put_from_sender(&self, out: &mut BytesMut) {
         put_bytes(out, 4, self.sender.as_bytes());
         put_bytes(out, 5, self.sender_id.as_bytes());
         put_varint(out, 6, self.timestamp_ms);
@@ -118,6 +116,8 @@ pub fn deliver(d: &DeliverRef<'_>, out: &mut BytesMut) -> Option<Bytes> {
 /// [`frame::encode_split`](super::frame::encode_split) would `s` in a
 /// `Frame` (a large payload returned, not copied).
 pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
+    // Destructured, so a field added to `Send` fails to compile here.
+    let Send { corr, header, payload: body, tags, grants } = s;
     // A repeated message's every element is written, an empty one too.
     let blobs = |blobs: &[ServiceBlob], tag: u32| -> usize {
         blobs
@@ -125,17 +125,17 @@ pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
             .map(|b| key_len(tag) + encoded_len_varint(blob_len(b) as u64) + blob_len(b))
             .sum::<usize>()
     };
-    let rest = varint_len(1, s.corr) + bytes_len(2, s.header.len()) + blobs(&s.tags, 4) + blobs(&s.grants, 5);
-    let payload = s.payload.len();
+    let rest = varint_len(1, *corr) + bytes_len(2, header.len()) + blobs(tags, 4) + blobs(grants, 5);
+    let payload = body.len();
     let message = rest + bytes_len(PAYLOAD_TAG, payload);
     let split = payload >= SPLIT_PAYLOAD;
     put_frame_start(out, SEND_TAG, message, if split { payload } else { 0 });
-    put_varint(out, 1, s.corr);
-    put_bytes(out, 2, &s.header);
+    put_varint(out, 1, *corr);
+    put_bytes(out, 2, header);
     if !split {
-        put_bytes(out, 3, &s.payload);
+        put_bytes(out, 3, body);
     }
-    for (tag, blobs) in [(4, &s.tags), (5, &s.grants)] {
+    for (tag, blobs) in [(4, tags), (5, grants)] {
         for b in blobs {
             encode_key(tag, WireType::LengthDelimited, out);
             encode_varint(blob_len(b) as u64, out);
@@ -145,54 +145,77 @@ pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
     }
     if split {
         put_payload_key(out, payload);
-        return Some(s.payload.clone());
+        return Some(body.clone());
     }
     None
 }
 
 /// Encodes a routing header to the bytes that travel in `Send.header`.
 pub fn header(h: &RoutingHeader) -> Bytes {
-    let len = bytes_len(1, h.name.len())
-        + varint_len(2, u64::from(h.version))
-        + bytes_len(3, h.id.len())
-        + bytes_len(4, h.origin_id.len())
-        + bytes_len(5, h.response_to.len())
-        // prost writes an enum as its i32 sign-extended to 64 bits.
-        + varint_len(6, h.kind as u64)
-        + bytes_len(7, h.sender.len())
-        + bytes_len(8, h.sender_instance.len())
-        + varint_len(9, u64::from(h.expects_reply))
-        + bytes_len(10, h.partition_key.len())
-        + varint_len(11, h.expires_at_ms)
-        + varint_len(12, h.stream_seq)
-        + varint_len(13, u64::from(h.stream_final))
-        + varint_len(14, u64::from(h.seal))
-        + bytes_len(15, h.epoch.len())
-        + varint_len(16, h.seq)
-        + varint_len(17, h.policy_serial);
+    // Destructured, so a field added to `RoutingHeader` fails to compile here.
+    let RoutingHeader {
+        name,
+        version,
+        id,
+        origin_id,
+        response_to,
+        kind,
+        sender,
+        sender_instance,
+        expects_reply,
+        partition_key,
+        expires_at_ms,
+        stream_seq,
+        stream_final,
+        seal,
+        epoch,
+        seq,
+        policy_serial,
+    } = h;
+    // prost writes an enum as its i32 sign-extended to 64 bits.
+    let kind = *kind as u64;
+    let len = bytes_len(1, name.len())
+        + varint_len(2, u64::from(*version))
+        + bytes_len(3, id.len())
+        + bytes_len(4, origin_id.len())
+        + bytes_len(5, response_to.len())
+        + varint_len(6, kind)
+        + bytes_len(7, sender.len())
+        + bytes_len(8, sender_instance.len())
+        + varint_len(9, u64::from(*expects_reply))
+        + bytes_len(10, partition_key.len())
+        + varint_len(11, *expires_at_ms)
+        + varint_len(12, *stream_seq)
+        + varint_len(13, u64::from(*stream_final))
+        + varint_len(14, u64::from(*seal))
+        + bytes_len(15, epoch.len())
+        + varint_len(16, *seq)
+        + varint_len(17, *policy_serial);
     let mut out = BytesMut::with_capacity(len);
-    put_bytes(&mut out, 1, h.name.as_bytes());
-    put_varint(&mut out, 2, u64::from(h.version));
-    put_bytes(&mut out, 3, &h.id);
-    put_bytes(&mut out, 4, &h.origin_id);
-    put_bytes(&mut out, 5, &h.response_to);
-    put_varint(&mut out, 6, h.kind as u64);
-    put_bytes(&mut out, 7, h.sender.as_bytes());
-    put_bytes(&mut out, 8, h.sender_instance.as_bytes());
-    put_varint(&mut out, 9, u64::from(h.expects_reply));
-    put_bytes(&mut out, 10, h.partition_key.as_bytes());
-    put_varint(&mut out, 11, h.expires_at_ms);
-    put_varint(&mut out, 12, h.stream_seq);
-    put_varint(&mut out, 13, u64::from(h.stream_final));
-    put_varint(&mut out, 14, u64::from(h.seal));
-    put_bytes(&mut out, 15, &h.epoch);
-    put_varint(&mut out, 16, h.seq);
-    put_varint(&mut out, 17, h.policy_serial);
+    put_bytes(&mut out, 1, name.as_bytes());
+    put_varint(&mut out, 2, u64::from(*version));
+    put_bytes(&mut out, 3, id);
+    put_bytes(&mut out, 4, origin_id);
+    put_bytes(&mut out, 5, response_to);
+    put_varint(&mut out, 6, kind);
+    put_bytes(&mut out, 7, sender.as_bytes());
+    put_bytes(&mut out, 8, sender_instance.as_bytes());
+    put_varint(&mut out, 9, u64::from(*expects_reply));
+    put_bytes(&mut out, 10, partition_key.as_bytes());
+    put_varint(&mut out, 11, *expires_at_ms);
+    put_varint(&mut out, 12, *stream_seq);
+    put_varint(&mut out, 13, u64::from(*stream_final));
+    put_varint(&mut out, 14, u64::from(*seal));
+    put_bytes(&mut out, 15, epoch);
+    put_varint(&mut out, 16, *seq);
+    put_varint(&mut out, 17, *policy_serial);
     out.freeze()
 }
 
 fn blob_len(b: &ServiceBlob) -> usize {
-    bytes_len(1, b.service.len()) + bytes_len(2, b.data.len())
+    // Destructured, so a field added to `ServiceBlob` fails to compile here.
+    let ServiceBlob { service, data } = b;
+    bytes_len(1, service.len()) + bytes_len(2, data.len())
 }
 
 /// The length prefix, the body's key and the message's length, with room
