@@ -1,6 +1,8 @@
 //! Property tests across public APIs: frames and routing headers survive
 //! encode/decode for arbitrary values and for arbitrary splits of the byte
-//! stream, and a whole policy decides as the obvious reference model says.
+//! stream, the hand-written encoders of `wire::encode` write exactly
+//! prost's bytes, and a whole policy decides as the obvious reference model
+//! says.
 //!
 //! (Pattern matching against a reference matcher lives with the matcher in
 //! src/policy/pattern.rs; seal/open properties in src/e2e/tests.rs, where the
@@ -9,13 +11,15 @@
 use bytes::{Bytes, BytesMut};
 use exocom::policy::Policy;
 use exocom::wire::connection::FrameReader;
-use exocom::wire::frame::{self, DEFAULT_MAX_FRAME};
+use exocom::wire::encode::{self, DeliverRef};
+use exocom::wire::frame::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX, SPLIT_PAYLOAD};
 use exocom::wire::messages::{
     Accepted, Ack, Announce, Body, Deliver, Error, Frame, Hello, KeyDirectory, KeyQuery, Nack, Ping, Pong,
     RoutingHeader, Send, ServiceBlob, Subscribe, Subscription, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
+use prost::Message;
 use tokio::io::AsyncWriteExt;
 
 fn bytes_(max: usize) -> impl Strategy<Value = Bytes> {
@@ -30,11 +34,21 @@ fn blob() -> impl Strategy<Value = ServiceBlob> {
     (text(12), bytes_(48)).prop_map(|(service, data)| ServiceBlob { service, data })
 }
 
+/// 0 (a field prost leaves out), small, and up to the largest value, so
+/// every varint length occurs.
+fn number() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0u64), 0u64..300, any::<u64>()]
+}
+
+fn number32() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), 0u32..300, any::<u32>()]
+}
+
 fn header() -> impl Strategy<Value = RoutingHeader> {
     (
-        (text(24), any::<u32>(), bytes_(20), bytes_(20), bytes_(20), -1i32..4, text(40), text(12)),
-        (any::<bool>(), text(12), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), bytes_(20)),
-        (any::<u64>(), any::<u64>()),
+        (text(24), number32(), bytes_(20), bytes_(20), bytes_(20), -1i32..4, text(40), text(12)),
+        (any::<bool>(), text(12), number(), number(), any::<bool>(), number32(), bytes_(20)),
+        (number(), number()),
     )
         .prop_map(
             |(
@@ -63,10 +77,39 @@ fn header() -> impl Strategy<Value = RoutingHeader> {
         )
 }
 
+/// Real encoded headers half the time, arbitrary bytes otherwise.
+fn header_bytes() -> impl Strategy<Value = Bytes> {
+    prop_oneof![header().prop_map(|h| frame::encode_header(&h)), bytes_(64)]
+}
+
+fn send() -> impl Strategy<Value = Send> {
+    (number(), header_bytes(), bytes_(256), vec(blob(), 0..3), vec(blob(), 0..3))
+        .prop_map(|(corr, header, payload, tags, grants)| Send { corr, header, payload, tags, grants })
+}
+
+fn deliver() -> impl Strategy<Value = Deliver> {
+    (
+        (number(), header_bytes(), bytes_(256), text(12), text(40)),
+        (number(), number32(), bytes_(16), bytes_(64)),
+    )
+        .prop_map(
+            |((tag, header, payload, sender, sender_id), (timestamp_ms, attempt, auth_tag, grant))| Deliver {
+                tag,
+                header,
+                payload,
+                sender,
+                sender_id,
+                timestamp_ms,
+                attempt,
+                auth_tag,
+                grant,
+            },
+        )
+}
+
 /// Every body kind, with arbitrary field values (headers are real encoded
 /// headers half the time, arbitrary bytes otherwise).
 fn body() -> impl Strategy<Value = Body> {
-    let header_bytes = prop_oneof![header().prop_map(|h| frame::encode_header(&h)), bytes_(64)];
     prop_oneof![
         (any::<u32>(), text(40), text(20)).prop_map(|(protocol, instance, client)| Body::Hello(Hello {
             protocol,
@@ -91,9 +134,7 @@ fn body() -> impl Strategy<Value = Body> {
                 prefetch,
             })
         }),
-        (any::<u64>(), header_bytes.clone(), bytes_(256), vec(blob(), 0..3), vec(blob(), 0..3)).prop_map(
-            |(corr, header, payload, tags, grants)| Body::Send(Send { corr, header, payload, tags, grants })
-        ),
+        send().prop_map(Body::Send),
         (any::<u64>(), any::<u32>())
             .prop_map(|(corr, receivers)| Body::Accepted(Accepted { corr, receivers })),
         (any::<u64>(), -1i32..17, text(60)).prop_map(|(corr, code, message)| Body::Error(Error {
@@ -101,25 +142,7 @@ fn body() -> impl Strategy<Value = Body> {
             code,
             message
         })),
-        (
-            (any::<u64>(), header_bytes, bytes_(256), text(12), text(40)),
-            (any::<u64>(), any::<u32>(), bytes_(16), bytes_(64))
-        )
-            .prop_map(
-                |((tag, header, payload, sender, sender_id), (timestamp_ms, attempt, auth_tag, grant))| {
-                    Body::Deliver(Deliver {
-                        tag,
-                        header,
-                        payload,
-                        sender,
-                        sender_id,
-                        timestamp_ms,
-                        attempt,
-                        auth_tag,
-                        grant,
-                    })
-                }
-            ),
+        deliver().prop_map(Body::Deliver),
         vec(any::<u64>(), 0..8).prop_map(|tags| Body::Ack(Ack { tags })),
         (any::<u64>(), any::<bool>()).prop_map(|(tag, requeue)| Body::Nack(Nack { tag, requeue })),
         any::<u64>().prop_map(|nonce| Body::Ping(Ping { nonce })),
@@ -222,6 +245,79 @@ proptest! {
             r
         });
         prop_assert!(matches!(result, Err(exocom::wire::connection::ConnectionError::Truncated)), "{:?}", result);
+    }
+}
+
+// ---- the hand-written encoders write prost's bytes ------------------------
+
+/// Payloads either side of the size from which a payload is written apart.
+fn payload() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        3 => bytes_(256),
+        1 => (SPLIT_PAYLOAD - 2..SPLIT_PAYLOAD + 2).prop_map(|n| Bytes::from(vec![7u8; n])),
+    ]
+}
+
+/// What prost writes for a `Send` or `Deliver` in a frame: all of it for a
+/// small payload; for a large one, the frame without its payload, then the
+/// payload's key and length (the payload itself returned, to follow).
+fn prost_frame(body: Body) -> (Vec<u8>, Option<Bytes>) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    // `Frame.body` field numbers of `Send` and `Deliver`; `payload` is 3 in both.
+    let (body_tag, rest, payload) = match &body {
+        Body::Send(m) => (4, Send { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), m.payload.clone()),
+        Body::Deliver(m) => {
+            (7, Deliver { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), m.payload.clone())
+        }
+        _ => unreachable!("only Send and Deliver are written by hand"),
+    };
+    if payload.len() < SPLIT_PAYLOAD {
+        let whole = Frame { body: Some(body) }.encode_to_vec();
+        let mut out = (whole.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&whole);
+        return (out, None);
+    }
+    let message = rest.len() + key_len(3) + encoded_len_varint(payload.len() as u64) + payload.len();
+    let mut out = BytesMut::with_capacity(LENGTH_PREFIX + rest.len() + 16);
+    out.extend_from_slice(
+        &((key_len(body_tag) + encoded_len_varint(message as u64) + message) as u32).to_be_bytes(),
+    );
+    encode_key(body_tag, WireType::LengthDelimited, &mut out);
+    encode_varint(message as u64, &mut out);
+    out.extend_from_slice(&rest);
+    encode_key(3, WireType::LengthDelimited, &mut out);
+    encode_varint(payload.len() as u64, &mut out);
+    (out.to_vec(), Some(payload))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_header_is_encoded_as_prost_encodes_it(h in header()) {
+        prop_assert_eq!(&encode::header(&h)[..], &h.encode_to_vec()[..]);
+    }
+
+    #[test]
+    fn a_deliver_is_encoded_as_prost_encodes_it(mut d in deliver(), payload in payload()) {
+        d.payload = payload;
+        let mut out = BytesMut::new();
+        let split = encode::deliver(&DeliverRef::of(&d), &mut out);
+        let (expected, expected_split) = prost_frame(Body::Deliver(d.clone()));
+        prop_assert_eq!(&out[..], &expected[..]);
+        prop_assert_eq!(split.is_some(), d.payload.len() >= SPLIT_PAYLOAD);
+        prop_assert_eq!(split, expected_split);
+    }
+
+    #[test]
+    fn a_send_is_encoded_as_prost_encodes_it(mut s in send(), payload in payload()) {
+        s.payload = payload;
+        let mut out = BytesMut::new();
+        let split = encode::send(&s, &mut out);
+        let (expected, expected_split) = prost_frame(Body::Send(s.clone()));
+        prop_assert_eq!(&out[..], &expected[..]);
+        prop_assert_eq!(split.is_some(), s.payload.len() >= SPLIT_PAYLOAD);
+        prop_assert_eq!(split, expected_split);
     }
 }
 

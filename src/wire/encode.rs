@@ -1,7 +1,7 @@
 //! Field-by-field encoders for what every message crosses: the routing
 //! header, `Send` and `Deliver`. Their bytes are exactly prost's (fields in
-//! tag order, defaults left out; the tests compare them with prost's for
-//! any input), but byte fields are copied from slices: prost writes a
+//! tag order, defaults left out; tests/properties.rs compares them with
+//! prost's for any input), but byte fields are copied from slices: prost writes a
 //! `Bytes` field by cloning it, and the first clone of a `Bytes` made from
 //! a `Vec` allocates its shared header, so the relays paid an allocation
 //! per header, payload and tag they sent. A `Deliver` is also encoded from
@@ -12,6 +12,7 @@
 //! depend on the router, the relay or `e2e`.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::frame::{LENGTH_PREFIX, SPLIT_PAYLOAD};
@@ -118,16 +119,9 @@ pub fn deliver(d: &DeliverRef<'_>, out: &mut BytesMut) -> Option<Bytes> {
 pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
     // Destructured, so a field added to `Send` fails to compile here.
     let Send { corr, header, payload: body, tags, grants } = s;
-    // A repeated message's every element is written, an empty one too.
-    let blobs = |blobs: &[ServiceBlob], tag: u32| -> usize {
-        blobs
-            .iter()
-            .map(|b| key_len(tag) + encoded_len_varint(blob_len(b) as u64) + blob_len(b))
-            .sum::<usize>()
-    };
-    let rest = varint_len(1, *corr) + bytes_len(2, header.len()) + blobs(tags, 4) + blobs(grants, 5);
+    // prost's lengths clone nothing: only its writing of `Bytes` does.
+    let message = s.encoded_len();
     let payload = body.len();
-    let message = rest + bytes_len(PAYLOAD_TAG, payload);
     let split = payload >= SPLIT_PAYLOAD;
     put_frame_start(out, SEND_TAG, message, if split { payload } else { 0 });
     put_varint(out, 1, *corr);
@@ -137,10 +131,13 @@ pub fn send(s: &Send, out: &mut BytesMut) -> Option<Bytes> {
     }
     for (tag, blobs) in [(4, tags), (5, grants)] {
         for b in blobs {
+            // Every element is written, an empty one too.
             encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(blob_len(b) as u64, out);
-            put_bytes(out, 1, b.service.as_bytes());
-            put_bytes(out, 2, &b.data);
+            encode_varint(b.encoded_len() as u64, out);
+            // Destructured, so a field added to `ServiceBlob` fails to compile here.
+            let ServiceBlob { service, data } = b;
+            put_bytes(out, 1, service.as_bytes());
+            put_bytes(out, 2, data);
         }
     }
     if split {
@@ -174,24 +171,7 @@ pub fn header(h: &RoutingHeader) -> Bytes {
     } = h;
     // prost writes an enum as its i32 sign-extended to 64 bits.
     let kind = *kind as u64;
-    let len = bytes_len(1, name.len())
-        + varint_len(2, u64::from(*version))
-        + bytes_len(3, id.len())
-        + bytes_len(4, origin_id.len())
-        + bytes_len(5, response_to.len())
-        + varint_len(6, kind)
-        + bytes_len(7, sender.len())
-        + bytes_len(8, sender_instance.len())
-        + varint_len(9, u64::from(*expects_reply))
-        + bytes_len(10, partition_key.len())
-        + varint_len(11, *expires_at_ms)
-        + varint_len(12, *stream_seq)
-        + varint_len(13, u64::from(*stream_final))
-        + varint_len(14, u64::from(*seal))
-        + bytes_len(15, epoch.len())
-        + varint_len(16, *seq)
-        + varint_len(17, *policy_serial);
-    let mut out = BytesMut::with_capacity(len);
+    let mut out = BytesMut::with_capacity(h.encoded_len());
     put_bytes(&mut out, 1, name.as_bytes());
     put_varint(&mut out, 2, u64::from(*version));
     put_bytes(&mut out, 3, id);
@@ -210,12 +190,6 @@ pub fn header(h: &RoutingHeader) -> Bytes {
     put_varint(&mut out, 16, *seq);
     put_varint(&mut out, 17, *policy_serial);
     out.freeze()
-}
-
-fn blob_len(b: &ServiceBlob) -> usize {
-    // Destructured, so a field added to `ServiceBlob` fails to compile here.
-    let ServiceBlob { service, data } = b;
-    bytes_len(1, service.len()) + bytes_len(2, data.len())
 }
 
 /// The length prefix, the body's key and the message's length, with room
@@ -264,156 +238,14 @@ fn put_bytes(out: &mut impl BufMut, tag: u32, b: &[u8]) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
-    use proptest::prelude::*;
-    use prost::Message;
-
     use super::*;
     use crate::wire::frame;
-    use crate::wire::messages::{Body, Frame};
+    use crate::wire::messages::Body;
 
-    fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
-        prop_oneof![
-            3 => proptest::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from),
-            1 => Just(Bytes::new()),
-        ]
-    }
+    // That the bytes are prost's, for any field values: tests/properties.rs.
 
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![3 => "[a-z.\u{e9}]{0,40}", 1 => Just(String::new())]
-    }
-
-    /// 0, small, and up to the largest value, so every varint length occurs.
-    fn number() -> impl Strategy<Value = u64> {
-        prop_oneof![Just(0u64), 0u64..300, any::<u64>()]
-    }
-
-    fn blob() -> impl Strategy<Value = ServiceBlob> {
-        (text(), bytes(40)).prop_map(|(service, data)| ServiceBlob { service, data })
-    }
-
-    /// Payloads either side of the split size.
-    fn payload() -> impl Strategy<Value = Bytes> {
-        prop_oneof![
-            3 => bytes(300),
-            1 => (SPLIT_PAYLOAD - 2..SPLIT_PAYLOAD + 2).prop_map(|n| Bytes::from(vec![7u8; n])),
-        ]
-    }
-
-    fn header_strategy() -> impl Strategy<Value = RoutingHeader> {
-        (
-            (text(), number(), bytes(16), bytes(16), bytes(16), -2i32..4, text(), text()),
-            (
-                any::<bool>(),
-                text(),
-                number(),
-                number(),
-                any::<bool>(),
-                number(),
-                bytes(16),
-                number(),
-                number(),
-            ),
-        )
-            .prop_map(|(a, b)| RoutingHeader {
-                name: a.0,
-                version: a.1 as u32,
-                id: a.2,
-                origin_id: a.3,
-                response_to: a.4,
-                kind: a.5,
-                sender: a.6,
-                sender_instance: a.7,
-                expects_reply: b.0,
-                partition_key: b.1,
-                expires_at_ms: b.2,
-                stream_seq: b.3,
-                stream_final: b.4,
-                seal: b.5 as u32,
-                epoch: b.6,
-                seq: b.7,
-                policy_serial: b.8,
-            })
-    }
-
-    fn deliver_strategy() -> impl Strategy<Value = Deliver> {
-        (number(), bytes(60), payload(), text(), text(), number(), number(), bytes(40), bytes(40)).prop_map(
-            |(tag, header, payload, sender, sender_id, timestamp_ms, attempt, auth_tag, grant)| Deliver {
-                tag,
-                header,
-                payload,
-                sender,
-                sender_id,
-                timestamp_ms,
-                attempt: attempt as u32,
-                auth_tag,
-                grant,
-            },
-        )
-    }
-
-    fn send_strategy() -> impl Strategy<Value = Send> {
-        let blobs = || proptest::collection::vec(blob(), 0..4);
-        (number(), bytes(60), payload(), blobs(), blobs())
-            .prop_map(|(corr, header, payload, tags, grants)| Send { corr, header, payload, tags, grants })
-    }
-
-    /// What prost writes for `body` in a frame, a large payload apart:
-    /// the frame without it, then the payload's key and length.
-    fn prost_frame(body: Body) -> (Vec<u8>, Option<Bytes>) {
-        let (body_tag, rest, payload) = match &body {
-            Body::Send(m) => {
-                (SEND_TAG, Send { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), &m.payload)
-            }
-            Body::Deliver(m) => {
-                (DELIVER_TAG, Deliver { payload: Bytes::new(), ..m.clone() }.encode_to_vec(), &m.payload)
-            }
-            _ => unreachable!("only Send and Deliver are encoded here"),
-        };
-        if payload.len() < SPLIT_PAYLOAD {
-            let mut out = BytesMut::new();
-            frame::encode(&Frame { body: Some(body.clone()) }, &mut out);
-            return (out.to_vec(), None);
-        }
-        let payload_field = key_len(PAYLOAD_TAG) + encoded_len_varint(payload.len() as u64) + payload.len();
-        let message = rest.len() + payload_field;
-        let mut out = BytesMut::new();
-        out.put_u32((key_len(body_tag) + encoded_len_varint(message as u64) + message) as u32);
-        encode_key(body_tag, WireType::LengthDelimited, &mut out);
-        encode_varint(message as u64, &mut out);
-        out.extend_from_slice(&rest);
-        put_payload_key(&mut out, payload.len());
-        (out.to_vec(), Some(payload.clone()))
-    }
-
-    proptest! {
-        #[test]
-        fn a_header_is_encoded_as_prost_encodes_it(h in header_strategy()) {
-            prop_assert_eq!(&header(&h)[..], &h.encode_to_vec()[..]);
-        }
-
-        #[test]
-        fn a_deliver_is_encoded_as_prost_encodes_it(d in deliver_strategy()) {
-            let mut out = BytesMut::new();
-            let split = deliver(&DeliverRef::of(&d), &mut out);
-            let (expected, expected_split) = prost_frame(Body::Deliver(d.clone()));
-            prop_assert_eq!(&out[..], &expected[..]);
-            prop_assert_eq!(split.is_some(), d.payload.len() >= SPLIT_PAYLOAD);
-            prop_assert_eq!(split, expected_split);
-        }
-
-        #[test]
-        fn a_send_is_encoded_as_prost_encodes_it(s in send_strategy()) {
-            let mut out = BytesMut::new();
-            let split = send(&s, &mut out);
-            let (expected, expected_split) = prost_frame(Body::Send(s.clone()));
-            prop_assert_eq!(&out[..], &expected[..]);
-            prop_assert_eq!(split.is_some(), s.payload.len() >= SPLIT_PAYLOAD);
-            prop_assert_eq!(split, expected_split);
-        }
-    }
-
-    /// Whole frames read back as what was encoded, the split payload after
-    /// the rest.
+    /// A whole frame reads back as what was encoded, the split payload
+    /// after the rest.
     #[test]
     fn encoded_frames_read_back() {
         let d = Deliver {
