@@ -1,8 +1,9 @@
 //! Property tests across public APIs: frames and routing headers survive
 //! encode/decode for arbitrary values and for arbitrary splits of the byte
 //! stream, the hand-written encoders of `wire::encode` write exactly
-//! prost's bytes, and a whole policy decides as the obvious reference model
-//! says.
+//! prost's bytes, the hand-written decoders of `wire::decode` read any bytes
+//! (well-formed, damaged or arbitrary) exactly as prost reads them, and a
+//! whole policy decides as the obvious reference model says.
 //!
 //! (Pattern matching against a reference matcher lives with the matcher in
 //! src/policy/pattern.rs; seal/open properties in src/e2e/tests.rs, where the
@@ -11,11 +12,12 @@
 use bytes::{Bytes, BytesMut};
 use exocom::policy::Policy;
 use exocom::wire::connection::FrameReader;
+use exocom::wire::decode::{self, RawHeader};
 use exocom::wire::encode::{self, DeliverRef};
 use exocom::wire::frame::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX, SPLIT_PAYLOAD};
 use exocom::wire::messages::{
     Accepted, Ack, Announce, Body, Deliver, Error, Frame, Hello, KeyDirectory, KeyQuery, Nack, Ping, Pong,
-    RoutingHeader, Send, ServiceBlob, Subscribe, Subscription, Welcome,
+    RoutingHeader, RoutingHeaderView, Send, ServiceBlob, Subscribe, Subscription, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -318,6 +320,241 @@ proptest! {
         prop_assert_eq!(&out[..], &expected[..]);
         prop_assert_eq!(split.is_some(), s.payload.len() >= SPLIT_PAYLOAD);
         prop_assert_eq!(split, expected_split);
+    }
+}
+
+// ---- the hand-written decoders read what prost reads ---------------------
+
+/// The frames `wire::decode` reads by hand, any field values.
+fn hot_body() -> impl Strategy<Value = Body> {
+    prop_oneof![
+        send().prop_map(Body::Send),
+        deliver().prop_map(Body::Deliver),
+        (number(), number32()).prop_map(|(corr, receivers)| Body::Accepted(Accepted { corr, receivers })),
+    ]
+}
+
+/// `bytes` with up to four edits: a byte changed, inserted or removed, or
+/// the rest cut off.
+fn damaged(bytes: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    vec((0u8..4, any::<prop::sample::Index>(), 1u8..=255), 1..5).prop_map(move |edits| {
+        let mut b = bytes.clone();
+        for (op, at, byte) in edits {
+            let i = at.index(b.len() + 1);
+            match op {
+                0 if i < b.len() => b[i] ^= byte,
+                1 => b.insert(i, byte),
+                2 if i < b.len() => {
+                    b.remove(i);
+                }
+                _ => b.truncate(i),
+            }
+        }
+        b
+    })
+}
+
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A varint as bytes: any value, canonical; padded with continuation
+/// bytes (overlong, ten bytes and past); or ten bytes whose last is 0–3
+/// (prost takes 0 and 1).
+fn varint_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => number().prop_map(|v| {
+            let mut out = Vec::new();
+            put_varint(v, &mut out);
+            out
+        }),
+        1 => (number(), 1usize..10).prop_map(|(v, pad)| {
+            let mut out = Vec::new();
+            put_varint(v, &mut out);
+            for _ in 0..pad {
+                if let Some(last) = out.last_mut() {
+                    *last |= 0x80;
+                }
+                out.push(0);
+            }
+            out
+        }),
+        1 => (vec(any::<u8>(), 9), 0u8..4).prop_map(|(mut out, last)| {
+            out.iter_mut().for_each(|b| *b |= 0x80);
+            out.push(last);
+            out
+        }),
+    ]
+}
+
+/// Wire types of a message's fields by number (index 0 unused): V varint, L length-delimited.
+const V: u8 = 0;
+const L: u8 = 2;
+const HEADER_TYPES: &[u8] = &[V, L, V, L, L, L, V, L, L, V, L, V, V, V, V, L, V, V];
+const SEND_TYPES: &[u8] = &[V, V, L, L, L, L];
+const BLOB_TYPES: &[u8] = &[V, L, L];
+const DELIVER_TYPES: &[u8] = &[V, V, L, L, L, L, V, V, L, L];
+const ACCEPTED_TYPES: &[u8] = &[V, V, V];
+
+/// Contents of a length-delimited field: text, any bytes, or (for `Send`'s
+/// blobs) a nested message.
+fn content(nested: bool) -> BoxedStrategy<Vec<u8>> {
+    let plain = prop_oneof![text(16).prop_map(String::into_bytes), vec(any::<u8>(), 0..16)];
+    if nested { prop_oneof![1 => plain, 2 => raw_message(BLOB_TYPES, false)].boxed() } else { plain.boxed() }
+}
+
+/// A message written field by field, the way a peer may write it: the
+/// schema's fields mostly with their wire types, sometimes an unknown
+/// number (0 included), another wire type (fixed32, fixed64, a group), a
+/// field twice, in any order, with any varint encoding.
+fn raw_message(types: &'static [u8], nested: bool) -> BoxedStrategy<Vec<u8>> {
+    let last = types.len() as u64 - 1;
+    let field = (
+        prop_oneof![12 => 1..=last, 1 => 0..=last + 3],
+        prop_oneof![12 => Just(None), 1 => (0u64..8).prop_map(Some)],
+        varint_bytes(),
+        content(nested),
+    );
+    vec(field, 0..8)
+        .prop_map(move |fields| {
+            let mut out = Vec::new();
+            for (number, wire_type, value, content) in fields {
+                let wire_type = wire_type.unwrap_or(u64::from(*types.get(number as usize).unwrap_or(&V)));
+                put_varint(number << 3 | wire_type, &mut out);
+                match wire_type {
+                    0 => out.extend_from_slice(&value),
+                    1 => out.extend_from_slice(&[0; 8]),
+                    2 => {
+                        put_varint(content.len() as u64, &mut out);
+                        out.extend_from_slice(&content);
+                    }
+                    5 => out.extend_from_slice(&[0; 4]),
+                    _ => {}
+                }
+            }
+            out
+        })
+        .boxed()
+}
+
+/// A frame body written field by field: `Send`, `Deliver` or `Accepted`
+/// (any number, mostly theirs), sometimes followed by another field.
+fn raw_frame_body() -> impl Strategy<Value = Vec<u8>> {
+    let inner = prop_oneof![
+        (Just(4u64), raw_message(SEND_TYPES, true)),
+        (Just(7u64), raw_message(DELIVER_TYPES, false)),
+        (Just(5u64), raw_message(ACCEPTED_TYPES, false)),
+        (1u64..16, raw_message(ACCEPTED_TYPES, false)),
+    ];
+    (inner, prop_oneof![4 => Just(Vec::new()), 1 => raw_message(ACCEPTED_TYPES, false)]).prop_map(
+        |((number, message), trailer)| {
+            let mut out = Vec::new();
+            put_varint(number << 3 | 2, &mut out);
+            put_varint(message.len() as u64, &mut out);
+            out.extend_from_slice(&message);
+            out.extend_from_slice(&trailer);
+            out
+        },
+    )
+}
+
+/// A frame body: well-formed, written field by field, damaged, or arbitrary bytes.
+fn frame_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => hot_body().prop_map(|b| Frame { body: Some(b) }.encode_to_vec()),
+        4 => raw_frame_body(),
+        2 => hot_body().prop_flat_map(|b| damaged(Frame { body: Some(b) }.encode_to_vec())),
+        1 => frame_().prop_flat_map(|f| damaged(f.encode_to_vec())),
+        1 => vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// A routing header's bytes: well-formed, written field by field, damaged, or arbitrary.
+fn any_header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => header().prop_map(|h| h.encode_to_vec()),
+        4 => raw_message(HEADER_TYPES, false),
+        2 => header().prop_flat_map(|h| damaged(h.encode_to_vec())),
+        1 => vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// `raw`'s fields as prost's view has them.
+fn view_of(raw: &RawHeader, b: &Bytes) -> RoutingHeaderView {
+    RoutingHeaderView {
+        name: raw.name.share(b),
+        version: raw.version,
+        id: raw.id.share(b),
+        origin_id: raw.origin_id.share(b),
+        response_to: raw.response_to.share(b),
+        kind: raw.kind,
+        sender: raw.sender.share(b),
+        sender_instance: raw.sender_instance.share(b),
+        expects_reply: raw.expects_reply,
+        partition_key: raw.partition_key.share(b),
+        expires_at_ms: raw.expires_at_ms,
+        stream_seq: raw.stream_seq,
+        stream_final: raw.stream_final,
+        seal: raw.seal,
+        epoch: raw.epoch.share(b),
+        seq: raw.seq,
+        policy_serial: raw.policy_serial,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn a_hot_frame_is_decoded_by_hand_as_prost_decodes_it(body in hot_body()) {
+        let f = Frame { body: Some(body) };
+        prop_assert_eq!(decode::frame(&Bytes::from(f.encode_to_vec())), Some(f));
+    }
+
+    #[test]
+    fn a_header_is_decoded_by_hand_as_prost_decodes_it(h in header()) {
+        let b = Bytes::from(h.encode_to_vec());
+        let raw = decode::raw_header(&b).expect("a plain header");
+        prop_assert_eq!(view_of(&raw, &b), RoutingHeaderView::decode(b.clone()).unwrap());
+        prop_assert_eq!(decode::header(&b), Some(h));
+    }
+
+    /// Whatever the bytes, the hand decoder gives prost's frame or leaves
+    /// them to prost, and `frame::parse` (hand first, prost otherwise)
+    /// accepts and refuses exactly what prost does.
+    #[test]
+    fn any_frame_body_is_read_as_prost_reads_it(body in frame_body()) {
+        let b = Bytes::from(body);
+        let prost = Frame::decode(b.clone());
+        if let Some(hand) = decode::frame(&b) {
+            prop_assert_eq!(Some(&hand), prost.as_ref().ok(), "the hand decoder accepted what prost reads otherwise");
+        }
+        match (frame::parse(b.clone()), prost) {
+            (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+            (Err(_), Err(_)) => {}
+            (Err(_), Ok(want)) => prop_assert!(want.body.is_none(), "refused a frame prost reads: {:?}", want),
+            (Ok(got), Err(e)) => prop_assert!(false, "read {:?} where prost fails: {}", got, e),
+        }
+    }
+
+    /// The same for routing headers, in both readings: the relay's (strings
+    /// checked) and the router's (strings left as bytes).
+    #[test]
+    fn any_header_is_read_as_prost_reads_it(bytes in any_header_bytes()) {
+        let b = Bytes::from(bytes);
+        let prost = RoutingHeader::decode(b.clone());
+        if let Some(hand) = decode::header(&b) {
+            prop_assert_eq!(Some(&hand), prost.as_ref().ok());
+        }
+        prop_assert_eq!(frame::decode_header(&b).ok(), prost.ok());
+        let view = RoutingHeaderView::decode(b.clone());
+        if let Some(raw) = decode::raw_header(&b) {
+            prop_assert_eq!(Some(view_of(&raw, &b)), view.ok());
+        }
     }
 }
 

@@ -32,7 +32,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message;
 use ring::aead::LessSafeKey;
 use ring::hmac;
 
@@ -481,7 +480,7 @@ impl Opener {
 }
 
 pub(crate) fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, OpenError> {
-    RoutingHeader::decode(bytes.clone()).map_err(|e| OpenError::MalformedHeader(e.to_string()))
+    crate::wire::frame::decode_header(bytes).map_err(|e| OpenError::MalformedHeader(e.to_string()))
 }
 
 pub(crate) fn epoch_of(header: &RoutingHeader) -> Result<[u8; 16], OpenError> {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use prost::Message as _;
 
-use crate::wire::{Kind, RoutingHeaderView};
+use crate::wire::{Kind, RoutingHeaderView, decode};
 
 /// Identifies one connection (one relay instance connection) in the router.
 pub type ConnId = u64;
@@ -107,15 +107,23 @@ impl Message {
         now_ms: u64,
     ) -> Result<Message, HeaderError> {
         // The router's reading of the header: its strings stay slices of
-        // `header` (no allocation but the name's `Arc`).
-        let h = RoutingHeaderView::decode(header.clone())?;
-        utf8(&h.sender)?;
-        utf8(&h.sender_instance)?;
-        let name = utf8(&h.name)?;
+        // `header` (no allocation but the name's `Arc`). The hand decoder
+        // reads the plain shape; prost reads (or refuses) anything else.
+        let view;
+        let h = match decode::raw_header(&header) {
+            Some(raw) => Fields::raw(&raw, &header),
+            None => {
+                view = RoutingHeaderView::decode(header.clone())?;
+                Fields::view(&view)
+            }
+        };
+        utf8(h.sender)?;
+        utf8(h.sender_instance)?;
+        let name = utf8(h.name)?;
         check_name(name)?;
-        let id = uuid16(&h.id).ok_or(HeaderError::Id(h.id.len()))?;
-        let origin_id = optional_uuid(&h.origin_id, "origin_id")?;
-        let response_to = optional_uuid(&h.response_to, "response_to")?;
+        let id = uuid16(h.id).ok_or(HeaderError::Id(h.id.len()))?;
+        let origin_id = optional_uuid(h.origin_id, "origin_id")?;
+        let response_to = optional_uuid(h.response_to, "response_to")?;
         let kind = Kind::try_from(h.kind).map_err(|_| HeaderError::Kind(h.kind))?;
         if (kind == Kind::Reply) != response_to.is_some() {
             return Err(HeaderError::ReplyShape);
@@ -129,7 +137,7 @@ impl Message {
             response_to,
             expects_reply: h.expects_reply && kind == Kind::Command,
             partition_key: (!h.partition_key.is_empty())
-                .then(|| utf8(&h.partition_key).map(Arc::from))
+                .then(|| utf8(h.partition_key).map(Arc::from))
                 .transpose()?,
             expires_at_ms: h.expires_at_ms,
             stream_final: h.stream_final,
@@ -158,8 +166,64 @@ impl Message {
     }
 }
 
+/// The header fields the router reads, borrowed from the header's bytes
+/// (or from prost's view of them).
+struct Fields<'a> {
+    name: &'a [u8],
+    version: u32,
+    id: &'a [u8],
+    origin_id: &'a [u8],
+    response_to: &'a [u8],
+    kind: i32,
+    sender: &'a [u8],
+    sender_instance: &'a [u8],
+    expects_reply: bool,
+    partition_key: &'a [u8],
+    expires_at_ms: u64,
+    stream_final: bool,
+    epoch: Bytes,
+}
+
+impl<'a> Fields<'a> {
+    fn raw(h: &decode::RawHeader, header: &'a Bytes) -> Self {
+        Fields {
+            name: h.name.of(header),
+            version: h.version,
+            id: h.id.of(header),
+            origin_id: h.origin_id.of(header),
+            response_to: h.response_to.of(header),
+            kind: h.kind,
+            sender: h.sender.of(header),
+            sender_instance: h.sender_instance.of(header),
+            expects_reply: h.expects_reply,
+            partition_key: h.partition_key.of(header),
+            expires_at_ms: h.expires_at_ms,
+            stream_final: h.stream_final,
+            epoch: h.epoch.share(header),
+        }
+    }
+
+    fn view(h: &'a RoutingHeaderView) -> Self {
+        Fields {
+            name: &h.name,
+            version: h.version,
+            id: &h.id,
+            origin_id: &h.origin_id,
+            response_to: &h.response_to,
+            kind: h.kind,
+            sender: &h.sender,
+            sender_instance: &h.sender_instance,
+            expects_reply: h.expects_reply,
+            partition_key: &h.partition_key,
+            expires_at_ms: h.expires_at_ms,
+            stream_final: h.stream_final,
+            epoch: h.epoch.clone(),
+        }
+    }
+}
+
 /// A string field of the header, checked to be UTF-8.
-fn utf8(field: &Bytes) -> Result<&str, HeaderError> {
+fn utf8(field: &[u8]) -> Result<&str, HeaderError> {
     std::str::from_utf8(field).map_err(|_| HeaderError::Utf8)
 }
 

@@ -8,8 +8,8 @@
 //! borrowed parts, so the router writes one without building the frame
 //! (and its two `String`s) first.
 //!
-//! This module only encodes; decoding stays with prost. It must never
-//! depend on the router, the relay or `e2e`.
+//! This module only encodes ([`decode`](super::decode) reads the same
+//! messages back). It must never depend on the router, the relay or `e2e`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;

@@ -10,6 +10,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
+use super::decode;
 use super::encode::DeliverRef;
 use super::messages::{Body, Frame, RoutingHeader};
 
@@ -77,6 +78,9 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameErro
 /// Parses one frame's body (the bytes after its length prefix). The frame's
 /// byte fields point into `body`.
 pub fn parse(body: Bytes) -> Result<Frame, FrameError> {
+    if let Some(frame) = decode::frame(&body) {
+        return Ok(frame);
+    }
     let frame = Frame::decode(body)?;
     if frame.body.is_none() {
         return Err(FrameError::Empty);
@@ -132,7 +136,10 @@ pub fn encode_header(header: &RoutingHeader) -> Bytes {
 
 /// Parses routing-header bytes. The bytes themselves are what gets forwarded.
 pub fn decode_header(bytes: &Bytes) -> Result<RoutingHeader, prost::DecodeError> {
-    RoutingHeader::decode(bytes.clone())
+    match decode::header(bytes) {
+        Some(header) => Ok(header),
+        None => RoutingHeader::decode(bytes.clone()),
+    }
 }
 
 #[cfg(test)]

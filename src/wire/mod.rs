@@ -6,6 +6,7 @@
 //! This module must never depend on the router, the relay or `e2e`.
 
 pub mod connection;
+pub mod decode;
 pub mod encode;
 pub mod frame;
 pub mod messages;
