@@ -22,7 +22,6 @@
 //! comes back here before the dedup window.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -41,6 +40,7 @@ use super::codec::{Begun, CodecError, Opened, SealedPayload};
 use super::dedup::{DedupWindow, MessageId, Verdict};
 use super::error::{BoxError, Error, ErrorKind};
 use super::handler::{HandlerFn, HandlerFuture, HandlerTable, Incoming, Responder};
+use super::inflight::Inflight;
 use super::request::Reply;
 use super::shared::{Command, Handling, OpenedDelivery, SessionInfo, SessionState, Shared, codec_error};
 use crate::shutdown::Shutdown;
@@ -133,7 +133,7 @@ pub(crate) struct ConnectionTask<C> {
     pub(crate) shutdown: Shutdown,
     generation: u64,
     next_corr: u64,
-    inflight: BTreeMap<u64, PendingSend>,
+    inflight: Inflight<PendingSend>,
     dedup: DedupWindow,
     backoff: Backoff,
     acks: Vec<u64>,
@@ -162,7 +162,7 @@ impl<C: Connector> ConnectionTask<C> {
             shutdown,
             generation: 0,
             next_corr: 1,
-            inflight: BTreeMap::new(),
+            inflight: Inflight::default(),
             dedup,
             backoff,
             acks: Vec::new(),
@@ -425,7 +425,7 @@ impl<C: Connector> ConnectionTask<C> {
             out.push(body);
         }
         out.push(Body::Subscribe(subscribe));
-        self.inflight.retain(|_, p| !p.done.is_closed());
+        self.inflight.retain(|p| !p.done.is_closed());
         for p in self.inflight.values() {
             out.writer.push(&p.frame);
         }
@@ -440,7 +440,7 @@ impl<C: Connector> ConnectionTask<C> {
     ) -> Result<(), SessionEnd> {
         match frame.body {
             Some(Body::Accepted(a)) => {
-                if let Some(p) = self.inflight.remove(&a.corr) {
+                if let Some(p) = self.inflight.remove(a.corr) {
                     if let Some(send) = sent(&p.frame)
                         && !send.grants.is_empty()
                     {
@@ -461,7 +461,7 @@ impl<C: Connector> ConnectionTask<C> {
                 }
             }
             Some(Body::Error(e)) if e.corr != 0 => {
-                if let Some(p) = self.inflight.remove(&e.corr) {
+                if let Some(p) = self.inflight.remove(e.corr) {
                     let err = Error::from_code(e.code, &e.message);
                     if p.quiet {
                         self.answer_request(&p.frame, |_| err);
@@ -775,7 +775,7 @@ impl<C: Connector> ConnectionTask<C> {
             s.connected = false;
             s.closed = true;
         });
-        for (_, p) in std::mem::take(&mut self.inflight) {
+        for p in self.inflight.drain() {
             let _ = p
                 .done
                 .send(Err(Error::new(ErrorKind::Closed, "the relay was closed before the router answered")));

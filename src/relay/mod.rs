@@ -46,6 +46,7 @@ mod dedup;
 mod error;
 mod handler;
 mod header;
+mod inflight;
 mod options;
 mod rejections;
 mod request;
