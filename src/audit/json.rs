@@ -11,7 +11,7 @@
 use uuid::Uuid;
 
 use super::chain::HEX_PAIRS;
-use super::record::{LineOut, Record, WriterFields};
+use super::record::{LineOut, Plain, Record, WriterFields};
 
 /// Appends `line` as one JSON object (no newline) to `out`.
 pub(crate) fn write_line(out: &mut Vec<u8>, line: &LineOut<'_>) {
@@ -28,10 +28,10 @@ pub(crate) fn write_line(out: &mut Vec<u8>, line: &LineOut<'_>) {
 
 /// A string the writer made itself, which never needs an escape (a time
 /// in RFC 3339, a hash in hex): copied without looking at its bytes.
-fn plain(out: &mut Vec<u8>, s: &str) {
-    debug_assert!(!needs_escape(s.as_bytes()), "{s:?} needs escaping");
+fn plain(out: &mut Vec<u8>, Plain(s): Plain<'_>) {
+    debug_assert!(s.is_ascii() && !needs_escape(s), "{s:?} needs escaping");
     out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
     out.push(b'"');
 }
 
@@ -192,7 +192,13 @@ mod tests {
     use crate::audit::record::{Decision, Event};
 
     fn both(rec: &Record, fields: &WriterFields<'_>, time: &str) -> (String, String) {
-        let line = LineOut { seq: 42, time, record: rec, writer: fields, prev: "00ff" };
+        let line = LineOut {
+            seq: 42,
+            time: Plain(time.as_bytes()),
+            record: rec,
+            writer: fields,
+            prev: Plain(b"00ff"),
+        };
         let mut ours = Vec::new();
         write_line(&mut ours, &line);
         (String::from_utf8(ours).unwrap(), serde_json::to_string(&line).unwrap())

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use super::chain::{self, ChainState};
 use super::checkpoint::Signer;
 use super::json;
-use super::record::{Event, LineOut, Record, WriterFields};
+use super::record::{Event, LineOut, Plain, Record, WriterFields};
 use super::segment;
 use super::{AuditConfig, AuditError, FsyncPolicy};
 use crate::shutdown::Shutdown;
@@ -618,13 +618,7 @@ impl Writer {
         let mut time = [0u8; TIME_LEN];
         let time = self.clock.now(&mut time);
         let prev = chain::to_hex(&chain.head);
-        let line = LineOut {
-            seq: chain.seq + 1,
-            time,
-            record: rec,
-            writer: fields,
-            prev: std::str::from_utf8(&prev).unwrap_or_default(),
-        };
+        let line = LineOut { seq: chain.seq + 1, time, record: rec, writer: fields, prev: Plain(&prev) };
         json::write_line(buf, &line);
         chain.head = chain::seal(buf, start);
         chain.seq += 1;
@@ -930,7 +924,7 @@ struct Clock {
 
 impl Clock {
     /// Now as RFC 3339 UTC with nine fraction digits, written into `out`.
-    fn now<'a>(&self, out: &'a mut [u8; TIME_LEN]) -> &'a str {
+    fn now<'a>(&self, out: &'a mut [u8; TIME_LEN]) -> Plain<'a> {
         let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
             return Self::slow(out, time::OffsetDateTime::now_utc());
         };
@@ -965,15 +959,15 @@ impl Clock {
             n /= 10;
         }
         out[TIME_LEN - 1] = b'Z';
-        std::str::from_utf8(out).unwrap_or_default()
+        Plain(out)
     }
 
     /// Full formatting, for times the cache does not cover.
-    fn slow(out: &mut [u8; TIME_LEN], t: time::OffsetDateTime) -> &str {
+    fn slow(out: &mut [u8; TIME_LEN], t: time::OffsetDateTime) -> Plain<'_> {
         let full = format_time(t);
         let n = full.len().min(TIME_LEN);
         out[..n].copy_from_slice(&full.as_bytes()[..n]);
-        std::str::from_utf8(&out[..n]).unwrap_or_default()
+        Plain(&out[..n])
     }
 }
 
@@ -1104,7 +1098,7 @@ mod tests {
         for _ in 0..3 {
             let mut buf = [0u8; TIME_LEN];
             let before = time::OffsetDateTime::now_utc();
-            let ours = clock.now(&mut buf).to_owned();
+            let ours = String::from_utf8(clock.now(&mut buf).0.to_vec()).unwrap();
             let after = time::OffsetDateTime::now_utc();
             assert_eq!(ours.len(), TIME_LEN, "{ours}");
             // Same text as the full formatter, and between two readings of the clock.
