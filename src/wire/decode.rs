@@ -8,9 +8,9 @@
 //! (a field number or wire type the schema does not have, a field that is
 //! not repeated given twice, a malformed varint, a length past the end, a
 //! string that is not UTF-8, a frame body that is not one `Send`,
-//! `Deliver` or `Accepted`) they return `None`, and
-//! the caller decodes the same bytes with prost, which decides, errors
-//! included. So whatever a peer sends is read exactly as prost reads it;
+//! `Deliver` or `Accepted`) they return `None`, and the caller decodes the
+//! same bytes with prost, which decides, errors included. So whatever a
+//! peer sends is read exactly as prost reads it;
 //! tests/properties.rs checks that for any message and for arbitrary and
 //! damaged bytes. This module must never panic on input, and never depend
 //! on the router, the relay or `e2e`.
