@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::decisions::ReceiveCache;
 use super::introspect::Snapshot;
 use super::message::{ConnId, Message, Sender, now_ms};
-use super::metrics::{CoreMetrics, Metrics};
+use super::metrics::{CoreMetrics, Metrics, ServiceCounters};
 use crate::audit::{self, AuditHandle, Event, Record};
 use crate::idhash::IdHash;
 use crate::policy::Policy;
@@ -256,6 +256,9 @@ struct Conn {
     inflight: HashMap<u64, Inflight, IdHash>,
     /// Epochs whose grant this connection has been sent.
     grants_sent: HashSet<GrantKey>,
+    /// The epoch of the last delivery, when it is in `grants_sent`: a run
+    /// of one sender's epoch is checked by comparison, without hashing.
+    last_grant: Option<GrantKey>,
     connected_ms: u64,
 }
 
@@ -281,6 +284,8 @@ struct ServiceState {
     grants: HashMap<GrantKey, Bytes>,
     grant_order: VecDeque<GrantKey>,
     next_seq: u64,
+    /// This service's counters, found once instead of per message.
+    counters: ServiceCounters,
 }
 
 const MAX_GRANTS_PER_SERVICE: usize = 4096;
@@ -432,6 +437,7 @@ impl Core {
                 prefetch: self.config.default_prefetch,
                 inflight: HashMap::default(),
                 grants_sent: HashSet::new(),
+                last_grant: None,
                 connected_ms: now_ms(),
             },
         );
@@ -493,7 +499,7 @@ impl Core {
             }
             state.bytes += size;
             state.queue.push_back(Queued { msg: msg.clone(), auth_tag, attempts: 0, seq });
-            self.metrics.routed(&msg.name, svc);
+            self.metrics.routed(&msg.name, svc, &mut state.counters);
         }
         if msg.expects_reply {
             let deadline_ms = if msg.expires_at_ms != 0 {
@@ -728,13 +734,18 @@ impl Core {
             let tag = self.next_tag;
             self.next_tag += 1;
             let grant = match grant_key(&q.msg) {
-                Some(key) if !conn.grants_sent.contains(&key) => match state.grants.get(&key) {
-                    Some(g) => {
-                        conn.grants_sent.insert(key);
+                Some(key) if conn.last_grant.as_ref() != Some(&key) => {
+                    if conn.grants_sent.contains(&key) {
+                        conn.last_grant = Some(key);
+                        Bytes::new()
+                    } else if let Some(g) = state.grants.get(&key) {
+                        conn.grants_sent.insert(key.clone());
+                        conn.last_grant = Some(key);
                         g.clone()
+                    } else {
+                        Bytes::new()
                     }
-                    None => Bytes::new(),
-                },
+                }
                 _ => Bytes::new(),
             };
             let delivery = Delivery {
@@ -759,7 +770,7 @@ impl Core {
             audit_record(&self.audit, Event::Deliver, &q.msg, Some(service), Some(&decision.rule), |r| {
                 r.receiver_instance = Some(conn.handle.sender.instance.clone())
             });
-            self.metrics.delivered(service);
+            self.metrics.delivered(service, &mut state.counters);
             if q.attempts == 1 {
                 self.metrics.latency(q.msg.received);
             }

@@ -5,7 +5,9 @@
 //! the answer until the policy is swapped (a reload installs a new `Arc`,
 //! which empties the cache). Each cache is owned by one task (a connection's
 //! reader, the core), so it needs no lock. The number of entries is bounded:
-//! a peer sending ever new names only makes the cache start over.
+//! a peer sending ever new names only makes the cache start over. In front
+//! of each map sits the last answer given: a stream of one name (the common
+//! case) is answered by comparing strings, without hashing them.
 //!
 //! It must never decide anything itself: every answer comes from the policy.
 
@@ -36,12 +38,33 @@ pub struct SendCache {
     policy: Option<Arc<Policy>>,
     entries: HashMap<String, Vec<(u32, SendDecision)>>,
     len: usize,
+    /// The last name asked for (its buffer is reused: a miss allocates
+    /// nothing more than the map does)...
+    last_name: String,
+    /// ... and the version asked for with it, and the answer.
+    last: Option<(u32, SendDecision)>,
 }
 
 impl SendCache {
     /// The decision for `service` sending `name` v`version` under `policy`.
     pub fn get(&mut self, policy: &Arc<Policy>, service: &str, name: &str, version: u32) -> SendDecision {
-        reset_if_changed(&mut self.policy, policy, &mut self.entries, &mut self.len);
+        if reset_if_changed(&mut self.policy, policy, &mut self.entries, &mut self.len) {
+            self.last = None;
+        }
+        if let Some((v, d)) = &self.last
+            && *v == version
+            && self.last_name == name
+        {
+            return d.clone();
+        }
+        let decision = self.lookup(policy, service, name, version);
+        self.last_name.clear();
+        self.last_name.push_str(name);
+        self.last = Some((version, decision.clone()));
+        decision
+    }
+
+    fn lookup(&mut self, policy: &Policy, service: &str, name: &str, version: u32) -> SendDecision {
         if let Some((_, d)) = self.entries.get(name).and_then(|v| v.iter().find(|(ver, _)| *ver == version)) {
             return d.clone();
         }
@@ -58,12 +81,17 @@ impl SendCache {
     }
 }
 
+/// A receive question: service, name, version.
+type ReceiveKey = (Arc<str>, Arc<str>, u32);
+
 /// Receive decisions of the routing core, for every service.
 #[derive(Default)]
 pub struct ReceiveCache {
     policy: Option<Arc<Policy>>,
-    entries: HashMap<(Arc<str>, Arc<str>, u32), Decision>,
+    entries: HashMap<ReceiveKey, Decision>,
     len: usize,
+    /// The last question asked, and the answer.
+    last: Option<(ReceiveKey, Decision)>,
 }
 
 impl ReceiveCache {
@@ -75,30 +103,46 @@ impl ReceiveCache {
         name: &Arc<str>,
         version: u32,
     ) -> Decision {
-        reset_if_changed(&mut self.policy, policy, &mut self.entries, &mut self.len);
-        let key = (service.clone(), name.clone(), version);
-        if let Some(d) = self.entries.get(&key) {
+        if reset_if_changed(&mut self.policy, policy, &mut self.entries, &mut self.len) {
+            self.last = None;
+        }
+        if let Some(((s, n, v), d)) = &self.last
+            && *v == version
+            && s == service
+            && n == name
+        {
             return d.clone();
         }
-        let d = policy.check_receive(service, name, version);
-        self.len += 1;
-        self.entries.insert(key, d.clone());
+        let key = (service.clone(), name.clone(), version);
+        let d = match self.entries.get(&key) {
+            Some(d) => d.clone(),
+            None => {
+                let d = policy.check_receive(service, name, version);
+                self.len += 1;
+                self.entries.insert(key.clone(), d.clone());
+                d
+            }
+        };
+        self.last = Some((key, d.clone()));
         d
     }
 }
 
+/// Empties `entries` when the policy changed or the cache is full; true if it did.
 fn reset_if_changed<K, V>(
     cached: &mut Option<Arc<Policy>>,
     current: &Arc<Policy>,
     entries: &mut HashMap<K, V>,
     len: &mut usize,
-) {
+) -> bool {
     let same = cached.as_ref().is_some_and(|p| Arc::ptr_eq(p, current));
     if !same || *len >= MAX_ENTRIES {
         entries.clear();
         *len = 0;
         *cached = Some(current.clone());
+        return true;
     }
+    false
 }
 
 #[cfg(test)]
@@ -137,6 +181,31 @@ receive = ["todos.list"]
         assert!(r.get(&p1, &todo, &name, 1).allowed);
         let p3 = policy(&POLICY.replace("receive = [\"todos.list\"]", "receive = []"));
         assert!(!r.get(&p3, &todo, &name, 1).allowed, "revocation applies at once");
+    }
+
+    #[test]
+    fn the_last_answer_is_only_given_again_for_the_same_question() {
+        let both = POLICY.replace("send = [\"todos.list\"]", "send = [\"todos.list@1\", \"todos.done\"]");
+        let p1 = policy(&both);
+        let mut c = SendCache::default();
+        assert!(c.get(&p1, "web", "todos.list", 1).decision.allowed);
+        assert!(!c.get(&p1, "web", "todos.list", 2).decision.allowed, "another version is another question");
+        assert!(c.get(&p1, "web", "todos.list", 1).decision.allowed);
+        assert!(!c.get(&p1, "web", "todos.lis", 1).decision.allowed, "another name is another question");
+        assert!(c.get(&p1, "web", "todos.done", 1).decision.allowed);
+        let p2 = policy(POLICY);
+        assert!(
+            !c.get(&p2, "web", "todos.done", 1).decision.allowed,
+            "a reload must not serve the last answer"
+        );
+
+        let mut r = ReceiveCache::default();
+        let (todo, web, name): (Arc<str>, Arc<str>, Arc<str>) =
+            ("todo".into(), "web".into(), "todos.list".into());
+        assert!(r.get(&p2, &todo, &name, 1).allowed);
+        assert!(!r.get(&p2, &web, &name, 1).allowed, "another service is another question");
+        assert!(r.get(&p2, &todo, &Arc::from("todos.list"), 1).allowed, "equal names are the same question");
+        assert!(!r.get(&p2, &todo, &Arc::from("todos.done"), 1).allowed);
     }
 
     #[test]

@@ -278,34 +278,50 @@ impl CoreMetrics {
         &self.metrics
     }
 
-    /// One copy of `name` queued for `service`.
-    pub fn routed(&mut self, name: &Arc<str>, service: &Arc<str>) {
-        if let Some(c) = self.routed.get(&**name).and_then(|by_service| by_service.get(&**service)) {
+    /// One copy of `name` queued for `service`, whose counters are `slot`.
+    pub fn routed(&mut self, name: &Arc<str>, service: &Arc<str>, slot: &mut ServiceCounters) {
+        if let Some((last, c)) = &slot.routed
+            && last == name
+        {
             c.inc();
             return;
+        }
+        let c = self.routed_counter(name, service);
+        c.inc();
+        slot.routed = Some((name.clone(), c));
+    }
+
+    fn routed_counter(&mut self, name: &Arc<str>, service: &Arc<str>) -> Counter {
+        if let Some(c) = self.routed.get(&**name).and_then(|by_service| by_service.get(&**service)) {
+            return c.clone();
         }
         let family = &self.metrics.routed;
         let mut labels = NameService { name: name.to_string(), service: service.to_string() };
         // The core is the only writer of this family, so its cache counts the series.
         if self.routed_series >= MAX_SERIES {
             labels.name = OTHER.to_string();
-            family.get_or_create(&labels).inc();
-            return;
+            return family.get_or_create_owned(&labels);
         }
         let c = family.get_or_create_owned(&labels);
-        c.inc();
-        self.routed.entry(name.clone()).or_default().insert(service.clone(), c);
+        self.routed.entry(name.clone()).or_default().insert(service.clone(), c.clone());
         self.routed_series += 1;
+        c
     }
 
-    /// A delivery to an instance of `service`.
-    pub fn delivered(&mut self, service: &Arc<str>) {
-        inc_cached(&mut self.delivered, &self.metrics.delivered, service);
+    /// A delivery to an instance of `service`, whose counters are `slot`.
+    pub fn delivered(&mut self, service: &Arc<str>, slot: &mut ServiceCounters) {
+        if let Some(c) = &slot.delivered {
+            c.inc();
+            return;
+        }
+        let c = cached(&mut self.delivered, &self.metrics.delivered, service);
+        c.inc();
+        slot.delivered = Some(c);
     }
 
     /// A message of `service` put back for another attempt.
     pub fn redelivered(&mut self, service: &Arc<str>) {
-        inc_cached(&mut self.redelivered, &self.metrics.redelivered, service);
+        cached(&mut self.redelivered, &self.metrics.redelivered, service).inc();
     }
 
     /// A refusal decided in the core.
@@ -319,21 +335,29 @@ impl CoreMetrics {
     }
 }
 
-/// Counts one for `service` on its cached counter. Services come from the
+/// The counter of `service` in `family`, cached. Services come from the
 /// policy, so this cache is bounded by it. Looked up by `&str` first: a hit
 /// clones no `Arc`.
-fn inc_cached(
+fn cached(
     cache: &mut HashMap<Arc<str>, Counter>,
     family: &Family<ServiceLabel, Counter>,
     service: &Arc<str>,
-) {
+) -> Counter {
     if let Some(counter) = cache.get(&**service) {
-        counter.inc();
-        return;
+        return counter.clone();
     }
     let counter = family.get_or_create_owned(&ServiceLabel { service: service.to_string() });
-    counter.inc();
-    cache.insert(service.clone(), counter);
+    cache.insert(service.clone(), counter.clone());
+    counter
+}
+
+/// One service's counters, kept with the service's queue in the core so that
+/// a message counts without a lookup by name. Empty until first used.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// The last name routed to the service, and its counter.
+    routed: Option<(Arc<str>, Counter)>,
+    delivered: Option<Counter>,
 }
 
 #[cfg(test)]
@@ -350,9 +374,11 @@ mod tests {
         let mut core = CoreMetrics::new(metrics.clone());
         let name: Arc<str> = Arc::from("todos.list");
         let svc: Arc<str> = Arc::from("todo");
-        core.routed(&name, &svc);
-        core.routed(&name, &svc);
-        core.delivered(&svc);
+        let mut slot = ServiceCounters::default();
+        core.routed(&name, &svc, &mut slot);
+        core.routed(&name, &svc, &mut slot);
+        core.delivered(&svc, &mut slot);
+        core.delivered(&svc, &mut ServiceCounters::default());
         metrics.denied("payments.refund", "web", "policy");
         metrics.handshake_failed("unknown_issuer");
         let text = metrics.encode(&empty(), &AuditHandle::disabled()).unwrap();
@@ -360,7 +386,7 @@ mod tests {
             text.contains(r#"exocom_messages_routed_total{name="todos.list",service="todo"} 2"#),
             "{text}"
         );
-        assert!(text.contains(r#"exocom_deliveries_total{service="todo"} 1"#), "{text}");
+        assert!(text.contains(r#"exocom_deliveries_total{service="todo"} 2"#), "{text}");
         assert!(text.contains(
             r#"exocom_messages_denied_total{name="payments.refund",service="web",reason="policy"} 1"#
         ));
@@ -386,19 +412,24 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut core = CoreMetrics::new(metrics.clone());
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (mut slot_a, mut slot_b) = (ServiceCounters::default(), ServiceCounters::default());
         // One name, two services: two series, each counted on its own.
-        core.routed(&Arc::from("n.x"), &a);
-        core.routed(&Arc::from("n.x"), &b);
-        core.routed(&Arc::from("n.x"), &b);
+        core.routed(&Arc::from("n.x"), &a, &mut slot_a);
+        core.routed(&Arc::from("n.x"), &b, &mut slot_b);
+        core.routed(&Arc::from("n.x"), &b, &mut slot_b);
+        // A slot that forgot its counter finds the same series again.
+        core.routed(&Arc::from("n.x"), &b, &mut ServiceCounters::default());
         let series = |name: &str, service: &str| NameService { name: name.into(), service: service.into() };
         assert_eq!(metrics.routed.get_or_create(&series("n.x", "a")).get(), 1);
-        assert_eq!(metrics.routed.get_or_create(&series("n.x", "b")).get(), 2);
+        assert_eq!(metrics.routed.get_or_create(&series("n.x", "b")).get(), 3);
         for i in 0..MAX_SERIES + 8 {
-            core.routed(&Arc::from(format!("n{i}")), &a);
+            core.routed(&Arc::from(format!("n{i}")), &a, &mut slot_a);
         }
+        // A name past the cap, routed again: still under OTHER.
+        core.routed(&Arc::from(format!("n{}", MAX_SERIES + 7)), &a, &mut slot_a);
         // Two series before the loop: the last ten names fall under OTHER.
         assert!(metrics.routed.get(&series(&format!("n{}", MAX_SERIES - 2), "a")).is_none());
         assert_eq!(metrics.routed.get_or_create(&series(&format!("n{}", MAX_SERIES - 3), "a")).get(), 1);
-        assert_eq!(metrics.routed.get_or_create(&series(OTHER, "a")).get(), 10);
+        assert_eq!(metrics.routed.get_or_create(&series(OTHER, "a")).get(), 11);
     }
 }
