@@ -38,6 +38,8 @@
 pub mod certs;
 #[cfg(any(feature = "relay", feature = "router"))]
 pub(crate) mod idhash;
+#[cfg(any(feature = "relay", feature = "router"))]
+pub(crate) mod last;
 pub mod policy;
 pub mod shutdown;
 pub mod tls;

@@ -33,6 +33,7 @@ use crate::e2e::{
     SigningIdentity, TrustAnchors, Unsealing, VerifiedAnnouncement, announce, select_receivers,
     verify_announcement,
 };
+use crate::last::LastAnswer;
 use crate::policy::Policy;
 use crate::policy::sign::PublicKey;
 use crate::tls::IdentityDir;
@@ -140,10 +141,8 @@ struct Plans {
     /// The first moment a key they may use expires.
     valid_until_ms: u64,
     by_name: HashMap<String, Vec<(u32, Arc<Plan>)>>,
-    /// The last name asked for (its buffer reused), and the version and
-    /// plan given for it: a run of one name is answered without hashing.
-    last_name: String,
-    last: Option<(u32, Arc<Plan>)>,
+    /// The last plan given, in front of `by_name`.
+    last: LastAnswer<Arc<Plan>>,
 }
 
 /// Announcements verified so far, and what is known to be bad.
@@ -237,16 +236,13 @@ impl E2e {
         let same_policy = plans.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &*policy));
         if !same_policy || plans.keys != keys_gen || now >= plans.valid_until_ms || names >= MAX_PLANS {
             plans.by_name.clear();
-            plans.last = None;
+            plans.last.forget();
             plans.policy = Some(Arc::clone(&*policy));
             plans.keys = keys_gen;
             plans.valid_until_ms =
                 lock(&self.keys).verified.values().map(|a| a.not_after_ms).min().unwrap_or(u64::MAX);
         }
-        if let Some((v, plan)) = &plans.last
-            && *v == version
-            && plans.last_name == header.name
-        {
+        if let Some(plan) = plans.last.get(&header.name, version) {
             return Arc::clone(plan);
         }
         if let Some(plan) = plans
@@ -255,7 +251,7 @@ impl E2e {
             .and_then(|v| v.iter().find(|(v, _)| *v == version))
             .map(|(_, plan)| Arc::clone(plan))
         {
-            remember(&mut plans, &header.name, version, &plan);
+            plans.last.set(&header.name, version, Arc::clone(&plan));
             return plan;
         }
         let wanted: Vec<String> =
@@ -266,7 +262,7 @@ impl E2e {
         let receivers = select_receivers(&wanted, &usable);
         let plan = Arc::new(Plan { wanted, receivers, complete });
         plans.by_name.entry(header.name.clone()).or_default().push((version, Arc::clone(&plan)));
-        remember(&mut plans, &header.name, version, &plan);
+        plans.last.set(&header.name, version, Arc::clone(&plan));
         plan
     }
 }
@@ -511,13 +507,6 @@ fn finish_open(
         None => None,
     };
     Ok(Opened { payload: opened.plaintext, replies })
-}
-
-/// Makes `plan` the last one given, for `name` at `version`.
-fn remember(plans: &mut Plans, name: &str, version: u32, plan: &Arc<Plan>) {
-    plans.last_name.clear();
-    plans.last_name.push_str(name);
-    plans.last = Some((version, Arc::clone(plan)));
 }
 
 fn rejected(err: OpenError) -> CodecError {

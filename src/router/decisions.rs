@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::last::LastAnswer;
 use crate::policy::{Decision, Policy, Rate};
 
 /// Entries kept before a cache starts over.
@@ -38,29 +39,21 @@ pub struct SendCache {
     policy: Option<Arc<Policy>>,
     entries: HashMap<String, Vec<(u32, SendDecision)>>,
     len: usize,
-    /// The last name asked for (its buffer is reused: a miss allocates
-    /// nothing more than the map does)...
-    last_name: String,
-    /// ... and the version asked for with it, and the answer.
-    last: Option<(u32, SendDecision)>,
+    /// The last answer given, in front of `entries`.
+    last: LastAnswer<SendDecision>,
 }
 
 impl SendCache {
     /// The decision for `service` sending `name` v`version` under `policy`.
     pub fn get(&mut self, policy: &Arc<Policy>, service: &str, name: &str, version: u32) -> SendDecision {
         if reset_if_changed(&mut self.policy, policy, &mut self.entries, &mut self.len) {
-            self.last = None;
+            self.last.forget();
         }
-        if let Some((v, d)) = &self.last
-            && *v == version
-            && self.last_name == name
-        {
+        if let Some(d) = self.last.get(name, version) {
             return d.clone();
         }
         let decision = self.lookup(policy, service, name, version);
-        self.last_name.clear();
-        self.last_name.push_str(name);
-        self.last = Some((version, decision.clone()));
+        self.last.set(name, version, decision.clone());
         decision
     }
 
